@@ -1,0 +1,226 @@
+"""Model configurations: one small frozen dataclass per family, stored as ``config.json``.
+
+A config names the architecture (``family``) and every hyper-parameter needed to build it, plus
+the preprocessing the model expects (``resolution``, ``input_range``). VQGAN keys keep
+taming-transformers' names so a taming ``model.yaml`` maps over one to one.
+
+``config_from_dict`` is strict: unknown keys, wrong types and impossible values raise
+:class:`~imagetok.errors.ConfigError` naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union, get_type_hints
+
+from .errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """taming-transformers VQGAN (also LDM VQ first stages, LlamaGen VQ, MaskGIT/amused layouts)."""
+
+    family: ClassVar[str] = "vqgan"
+    ch: int = 128  # base channel count; level i has ch * ch_mult[i] channels
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # one entry per resolution level; f = 2 ** (len - 1)
+    num_res_blocks: int = 2  # ResnetBlocks per level in the encoder (decoder has one more)
+    attn_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (relative to `resolution`) with attention
+    mid_attn: bool = True  # attention in the middle block (False for MaskGIT/amused)
+    z_channels: int = 256  # encoder output channels
+    embed_dim: int = 256  # code dimension
+    n_embed: int = 1024  # codebook size
+    in_channels: int = 3
+    out_ch: int = 3
+    resolution: int = 256  # training/default image size; also fixes which levels get attention
+    dropout: float = 0.0
+    quantizer: str = "vq"  # "vq": nearest code; "gumbel": argmax of quantize.proj (taming GumbelVQ)
+    codebook_norm: str = "none"  # "none" or "l2" (LlamaGen: codes and latents l2-normalised)
+    input_range: tuple[float, float] = (-1.0, 1.0)  # pixel range the network expects
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (2 ** (len(self.ch_mult) - 1),)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.n_embed,)
+
+    def _check(self) -> None:
+        _positive(self, "ch", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "resolution")
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
+            raise ConfigError(f"ch_mult must be a non-empty list of positive ints, got {list(self.ch_mult)}")
+        for m in (1, *self.ch_mult):
+            if (self.ch * m) % 32:
+                raise ConfigError(
+                    f"ch * ch_mult must be divisible by 32 (GroupNorm uses 32 groups); "
+                    f"ch={self.ch} with multiplier {m} gives {self.ch * m}"
+                )
+        if self.quantizer not in ("vq", "gumbel"):
+            raise ConfigError(f"quantizer must be 'vq' or 'gumbel', got {self.quantizer!r}")
+        if self.codebook_norm not in ("none", "l2"):
+            raise ConfigError(f"codebook_norm must be 'none' or 'l2', got {self.codebook_norm!r}")
+        if self.quantizer == "gumbel" and self.codebook_norm != "none":
+            raise ConfigError("codebook_norm='l2' is only defined for quantizer='vq'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.in_channels != 3 or self.out_ch != 3:
+            raise ConfigError(
+                f"in_channels and out_ch must be 3 (RGB), got {self.in_channels} and {self.out_ch}"
+            )
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """VQ-VAE (van den Oord et al. 2017): strided convs + residual stack, f4."""
+
+    family: ClassVar[str] = "vqvae"
+    channel: int = 128  # hidden channels
+    n_res_block: int = 2  # residual blocks in encoder and decoder
+    n_res_channel: int = 32  # hidden channels inside a residual block
+    embed_dim: int = 64
+    n_embed: int = 512
+    in_channels: int = 3
+    resolution: int = 128
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (4,)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.n_embed,)
+
+    def _check(self) -> None:
+        _positive(self, "channel", "n_res_channel", "embed_dim", "n_embed", "resolution")
+        _vqvae_common(self)
+
+
+@dataclass(frozen=True)
+class VQVAE2Config:
+    """Two-level VQ-VAE-2 (Razavi et al. 2019) as in rosinality/vq-vae-2-pytorch: top f8, bottom f4."""
+
+    family: ClassVar[str] = "vqvae2"
+    channel: int = 128
+    n_res_block: int = 2
+    n_res_channel: int = 32
+    embed_dim: int = 64
+    n_embed: int = 512  # per level (top and bottom have codebooks of this size)
+    in_channels: int = 3
+    resolution: int = 256
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (8, 4)  # (top, bottom)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.n_embed, self.n_embed)
+
+    def _check(self) -> None:
+        _positive(self, "channel", "n_res_channel", "embed_dim", "n_embed", "resolution")
+        _vqvae_common(self)
+
+
+Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config]
+FAMILIES: dict[str, type] = {c.family: c for c in (VQGANConfig, VQVAEConfig, VQVAE2Config)}
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def _vqvae_common(cfg: Any) -> None:
+    if cfg.n_res_block < 0:
+        raise ConfigError(f"n_res_block must be >= 0, got {cfg.n_res_block}")
+    if cfg.channel % 2:
+        raise ConfigError(f"channel must be even (the first conv has channel // 2), got {cfg.channel}")
+    if cfg.in_channels != 3:
+        raise ConfigError(f"in_channels must be 3 (RGB), got {cfg.in_channels}")
+
+
+def _coerce(cls: type, name: str, hint: Any, value: Any) -> Any:
+    """Check one JSON value against a field's annotation; lists become tuples."""
+    where = f"{cls.family} config key {name!r}"
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    # tuple[int, ...] or tuple[float, float]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    item = hint.__args__[0]
+    if hint.__args__[-1] is not Ellipsis and len(value) != len(hint.__args__):
+        raise ConfigError(f"{where} must have {len(hint.__args__)} entries, got {list(value)}")
+    return tuple(_coerce(cls, name, item, v) for v in value)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a config from a ``config.json`` dict.
+
+    Args:
+        data: must contain ``"family"`` (``"vqgan"``, ``"vqvae"`` or ``"vqvae2"``); may contain
+            ``"format_version"``; every other key must be a field of that family's config.
+            Missing keys take the family's defaults.
+
+    Raises:
+        ConfigError: unknown family or key, wrong type, or an impossible value.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    family = data.pop("family", None)
+    if family not in FAMILIES:
+        raise ConfigError(f"config 'family' must be one of {sorted(FAMILIES)}, got {family!r}")
+    version = data.pop("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"config format_version {version!r} is not supported (this imagetok reads {FORMAT_VERSION})"
+        )
+    cls = FAMILIES[family]
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown {family} config key(s) {unknown}; valid keys are {sorted(fields)}"
+        )
+    kwargs = {k: _coerce(cls, k, hints[k], v) for k, v in data.items()}
+    cfg = cls(**kwargs)
+    cfg._check()
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The JSON form of a config: ``family``, ``format_version`` and every field (tuples as lists)."""
+    out: dict[str, Any] = {"family": cfg.family, "format_version": FORMAT_VERSION}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON of a config: identifies a token vocabulary."""
+    text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

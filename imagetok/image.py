@@ -1,0 +1,238 @@
+"""The image boundary: turn what users pass into model-ready pixels, and model output into images.
+
+Accepted inputs (one image or a list of them):
+
+- a path (``str`` / ``os.PathLike``) to any image file PIL can read;
+- a ``PIL.Image`` in any mode (grayscale, RGBA, palette, 16-bit...);
+- a numpy array ``HxW``, ``HxWx{1,3,4}`` or ``BxHxWxC``; uint8 (0..255), uint16 (0..65535) or float
+  in [0, 1];
+- a torch tensor ``CxHxW`` or ``BxCxHxW`` with C in {1, 3}; uint8 (0..255) or float in [0, 1].
+
+Alpha is composited onto white; grayscale is repeated to RGB. Every image is then resized so its
+shorter side is ``size`` (bicubic, antialiased) and centre-cropped to ``size x size``; with
+``size=None`` it keeps its own size, centre-cropped to a multiple of the model's downsampling factor.
+The result is float32 ``[B, 3, H, W]`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .errors import InputError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file.
+
+    Raises:
+        InputError: missing file, a directory, not an image, truncated/corrupt data, zero size,
+            or more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression-bomb guard).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                im.load()
+                img = im.copy() if im.mode != "P" else im.convert("RGBA")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{p}: image too large ({e}); raise PIL.Image.MAX_IMAGE_PIXELS to allow it") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{p}: corrupt or truncated image ({e})") from None
+    if img.width == 0 or img.height == 0:
+        raise InputError(f"{p}: image has zero size {img.size}")
+    return img
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> HxWx3 uint8, or float32 in [0, 1] for high-bit-depth modes."""
+    if img.width == 0 or img.height == 0:
+        raise InputError(f"image has zero size {img.size}")
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return _rgb(np.asarray(img, dtype=np.float32) / 65535.0)
+    if mode == "I":
+        a = np.asarray(img, dtype=np.float64)
+        # 32-bit integer images are usually 16-bit data stored wide; scale by the range in use.
+        scale = 65535.0 if a.max() > 255 else 255.0
+        return _rgb((a / scale).clip(0, 1).astype(np.float32))
+    if mode == "F":
+        return _rgb(_check_float(np.asarray(img, dtype=np.float32)))
+    if mode == "P":
+        img = img.convert("RGBA")
+    if "A" in img.getbands() or mode == "PA":
+        img = img.convert("RGBA")
+        return _rgb(np.asarray(img))
+    if mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    return _rgb(np.asarray(img))
+
+
+def _check_float(a: np.ndarray) -> np.ndarray:
+    if not np.isfinite(a).all():
+        raise InputError("image contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        hint = " (it looks like [-1, 1]: pass (x + 1) / 2)" if lo < 0 else ""
+        hint = hint or (" (it looks like 0..255: pass uint8 or x / 255)" if hi > 1.5 else "")
+        raise InputError(f"float image values must lie in [0, 1], got min {lo:.4g}, max {hi:.4g}{hint}")
+    return a.clip(0, 1).astype(np.float32, copy=False)
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    """HxW / HxWx{1,3,4} uint8 or float -> HxWx3 of the same kind (alpha composited on white)."""
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise InputError(f"expected an image of shape HxW or HxWxC with C in (1, 3, 4), got {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"image has zero size {a.shape[1]}x{a.shape[0]}")
+    if a.shape[2] == 4:
+        alpha = a[:, :, 3:].astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
+        rgb = a[:, :, :3].astype(np.float32)
+        white = 255.0 if a.dtype == np.uint8 else 1.0
+        mixed = rgb * alpha + white * (1 - alpha)
+        a = np.rint(mixed).astype(np.uint8) if a.dtype == np.uint8 else mixed.astype(np.float32)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a
+
+
+def _array_to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return _rgb(a)
+    if a.dtype == np.uint16:
+        return _rgb(a.astype(np.float32) / 65535.0)
+    if a.dtype == np.bool_:
+        return _rgb(a.astype(np.uint8) * 255)
+    if np.issubdtype(a.dtype, np.floating):
+        return _rgb(_check_float(a.astype(np.float32)))
+    raise InputError(f"numpy images must be uint8, uint16 or float in [0, 1], got dtype {a.dtype}")
+
+
+def _tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
+    """CxHxW tensor -> HxWx3 numpy (uint8 or float32)."""
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise InputError(
+            f"expected a tensor image CxHxW or BxCxHxW with C in (1, 3), got shape {tuple(t.shape)}"
+        )
+    t = t.detach().cpu()
+    if t.dtype == torch.uint8:
+        return _rgb(t.permute(1, 2, 0).numpy())
+    if t.is_floating_point():
+        return _rgb(_check_float(t.float().permute(1, 2, 0).numpy()))
+    raise InputError(f"tensor images must be uint8 (0..255) or float in [0, 1], got {t.dtype}")
+
+
+def to_rgb_arrays(images: Any) -> tuple[list[np.ndarray], bool, list[str | None]]:
+    """Normalise any accepted input to a list of HxWx3 arrays (uint8 or float32 in [0, 1]).
+
+    Returns:
+        (arrays, is_batch, names): ``is_batch`` is False for a single image; ``names`` holds the
+        file path of each image that came from a path, else None.
+    """
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise InputError("got an empty list of images")
+        out, names = [], []
+        for item in images:
+            arrs, batch, nm = to_rgb_arrays(item)
+            if batch:
+                raise InputError("a list of images must hold single images, not batches")
+            out += arrs
+            names += nm
+        return out, True, names
+    if isinstance(images, (str, os.PathLike)):
+        return [_pil_to_array(load_image(images))], False, [str(images)]
+    if isinstance(images, Image.Image):
+        return [_pil_to_array(images)], False, [None]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return [_array_to_rgb(a) for a in images], True, [None] * len(images)
+        return [_array_to_rgb(images)], False, [None]
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 4:
+            return [_tensor_to_rgb(t) for t in images], True, [None] * len(images)
+        return [_tensor_to_rgb(images)], False, [None]
+    raise InputError(
+        f"cannot read an image from {type(images).__name__}; expected a path, PIL image, numpy array, "
+        "torch tensor, or a list of these"
+    )
+
+
+def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    if a.shape[1] == w and a.shape[0] == h:
+        return a
+    if a.dtype == np.uint8:
+        return np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.BICUBIC))
+    chans = [Image.fromarray(a[:, :, c], mode="F").resize((w, h), Image.Resampling.BICUBIC) for c in range(3)]
+    return np.stack([np.asarray(c) for c in chans], axis=2).clip(0, 1)
+
+
+def _center_crop(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    top, left = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+    return a[top : top + h, left : left + w]
+
+
+def fit(a: np.ndarray, size: int | None, factor: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop to ``size x size``; with ``size=None``
+    only centre-crop each side down to a multiple of ``factor``."""
+    h, w = a.shape[:2]
+    if size is None:
+        nh, nw = h - h % factor, w - w % factor
+        if nh == 0 or nw == 0:
+            raise InputError(f"image of size {w}x{h} is smaller than the model's downsampling factor {factor}")
+        return _center_crop(a, nw, nh)
+    scale = size / min(h, w)
+    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    return _center_crop(_resize(a, rw, rh), size, size)
+
+
+def check_size(size: int | None, factor: int) -> None:
+    """Raise InputError unless ``size`` is None or a positive multiple of ``factor``."""
+    if size is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InputError(f"size must be a positive int or None, got {size!r}")
+    if size % factor:
+        lo = max(factor, size - size % factor)
+        raise InputError(
+            f"size {size} is not a multiple of the model's downsampling factor {factor}; "
+            f"nearest valid sizes are {lo} and {lo + factor}"
+        )
+
+
+def to_tensor(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """Equal-sized HxWx3 arrays -> float32 ``[B, 3, H, W]`` in [0, 1]."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        sizes = sorted(f"{s[1]}x{s[0]}" for s in shapes)
+        raise InputError(f"images in one batch must share a size after preprocessing, got {sizes}; pass size=N")
+    batch = np.stack([a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in arrays])
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous()
+
+
+def from_tensor(x: torch.Tensor, output: str) -> Any:
+    """``[B, 3, H, W]`` float in [0, 1] -> list of PIL images ("pil"), uint8 ``[B, H, W, 3]`` ("np"),
+    or the float tensor itself ("pt")."""
+    if output == "pt":
+        return x
+    u8 = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if output == "np":
+        return u8
+    return [Image.fromarray(a) for a in u8]

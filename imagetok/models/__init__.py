@@ -1,0 +1,22 @@
+"""Model families. ``build_model(config)`` maps a config to its ``nn.Module``.
+
+Every model has ``encode_indices(x)`` (``[B, 3, H, W]`` in the config's input range -> int64 tokens,
+a tensor or, for VQ-VAE-2, a ``(top, bottom)`` tuple) and ``decode_indices(tokens)`` (the inverse,
+unclamped images in the input range).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import Config
+from .vqgan import VQGAN
+from .vqvae import VQVAE
+from .vqvae2 import VQVAE2
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vqgan": VQGAN, "vqvae": VQVAE, "vqvae2": VQVAE2}
+
+
+def build_model(config: Config) -> nn.Module:
+    """A randomly initialised model for ``config``, in eval mode, float32, on the CPU."""
+    return ARCHITECTURES[config.family](config).eval()
