@@ -100,7 +100,7 @@ class VectorQuantizer(nn.Module):
     def codes_to_indices(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, D, h, w]`` latents (any float dtype) -> ``[B, h, w]`` int64 nearest-code indices."""
         b, _, h, w = z.shape
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(z.device.type, enabled=False):  # float32 even under autocast
             idx = nearest_code(self._flat(z), self.codebook())
         return idx.view(b, h, w)
 
@@ -111,11 +111,12 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize with a straight-through estimator; see :class:`QuantizerOutput`."""
         b, _, h, w = z.shape
-        flat = self._flat(z)
-        with torch.no_grad():
-            idx = nearest_code(flat, self.codebook())
-        latents = flat.view(b, h, w, -1).permute(0, 3, 1, 2)
-        codes = self.indices_to_codes(idx.view(b, h, w))
+        with torch.autocast(z.device.type, enabled=False):  # float32 even under autocast
+            flat = self._flat(z)
+            with torch.no_grad():
+                idx = nearest_code(flat, self.codebook())
+            latents = flat.view(b, h, w, -1).permute(0, 3, 1, 2)
+            codes = self.indices_to_codes(idx.view(b, h, w))
         quantized = latents + (codes - latents).detach()
         return QuantizerOutput(quantized, idx.view(b, h, w), latents, codes)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VQGANConfig
-from .quantizer import GumbelQuantizer, VectorQuantizer
+from .quantizer import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - taming's name
@@ -207,3 +207,10 @@ class VQGAN(nn.Module):
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """``[B, h, w]`` int64 tokens -> ``[B, 3, H, W]`` images (unclamped)."""
         return self.decode_codes(self.quantize.indices_to_codes(indices))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[QuantizerOutput]]:
+        """Training pass: (reconstruction ``[B, 3, H, W]``, (quantizer output,)); straight-through codes."""
+        if not isinstance(self.quantize, VectorQuantizer):
+            raise NotImplementedError("training the Gumbel quantizer is not supported; use quantizer='vq'")
+        q = self.quantize(self.encode_latents(x))
+        return self.decode_codes(q.quantized), (q,)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import VQVAEConfig
-from .quantizer import VectorQuantizer
+from .quantizer import QuantizerOutput, VectorQuantizer
 
 
 class ResBlock(nn.Module):
@@ -103,3 +103,8 @@ class VQVAE(nn.Module):
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """``[B, h, w]`` int64 -> ``[B, 3, 4h, 4w]`` images (unclamped)."""
         return self.decode_codes(self.quantize.indices_to_codes(indices))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[QuantizerOutput]]:
+        """Training pass: (reconstruction ``[B, 3, H, W]``, (quantizer output,)); straight-through codes."""
+        q = self.quantize(self.encode_latents(x))
+        return self.decode_codes(q.quantized), (q,)

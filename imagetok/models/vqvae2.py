@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import VQVAE2Config
-from .quantizer import VectorQuantizer
+from .quantizer import QuantizerOutput, VectorQuantizer
 from .vqvae import Decoder, Encoder
 
 
@@ -54,3 +54,11 @@ class VQVAE2(nn.Module):
         """``(top, bottom)`` int64 -> ``[B, 3, H, W]`` images (unclamped)."""
         id_t, id_b = indices
         return self.decode_codes(self.quantize_t.indices_to_codes(id_t), self.quantize_b.indices_to_codes(id_b))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[QuantizerOutput, QuantizerOutput]]:
+        """Training pass: (reconstruction, (top output, bottom output)); straight-through codes."""
+        enc_b = self.enc_b(x)
+        q_t = self.quantize_t(self.quantize_conv_t(self.enc_t(enc_b)))
+        h_b = self.quantize_conv_b(torch.cat([self.dec_t(q_t.quantized.to(enc_b.dtype)), enc_b], 1))
+        q_b = self.quantize_b(h_b)
+        return self.decode_codes(q_t.quantized, q_b.quantized), (q_t, q_b)
