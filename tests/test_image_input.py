@@ -85,12 +85,6 @@ def test_jpeg_path_equals_pil_of_same_file(tiny_tokenizer, make_image, tmp_path)
         assert_same_tokens(tok.encode(path), tok.encode(f))  # lazily opened PIL image is fine
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Tokenizer.preprocess decodes JPEG paths whose shorter side is >= 2x size with PIL draft "
-    "(DCT downscaling, shared with tokenize_dataset): pixels differ from the same file given as a PIL "
-    "image, and fit() rounds from the draft's own size, shifting the crop (see the core-tests report)",
-)
 def test_large_jpeg_path_equals_pil_of_same_file(tiny_tokenizer, make_image, tmp_path):
     tok = tiny_tokenizer("vqgan")
     noise = np.random.default_rng(0).integers(-40, 40, (427, 640, 3))

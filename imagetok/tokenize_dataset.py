@@ -1,0 +1,1127 @@
+"""Tokenize an image dataset into Parquet shards for language-model training.
+
+>>> from imagetok.tokenize_dataset import tokenize_dataset, TokenDataset
+>>> tokenize_dataset("photos/", "photos-tokens/", model=None, batch_size=16)
+>>> for row in TokenDataset("photos-tokens/"):       # row.tokens: int64 [h, w]
+...     ...
+
+Command line: ``imagetok tokenize-dataset SRC --out DIR`` or ``python -m imagetok.tokenize_dataset SRC
+--out DIR``; several processes / machines: ``torchrun --nproc-per-node N -m imagetok.tokenize_dataset ...``.
+
+**Sources.** ``SRC`` is a folder (walked recursively; image files by extension, and ``.tar`` files in
+it are read as WebDataset shards), a ``.tar`` file or a pattern of them (``shards/{0000..0099}.tar``,
+``shards/*.tar``), or a text file listing one image path per line (relative paths are relative to the
+list file's folder; blank lines and lines starting with ``#`` are skipped). Every image gets a stable
+*key*: its path relative to the folder (or as written in the list), ``shard.tar/member`` for tar
+members. Work is the sorted list of keys, cut into fixed shards of ``shard_size`` keys: shard ``i``
+holds keys ``[i * shard_size, (i + 1) * shard_size)``; with ``W`` processes, rank ``r`` does the
+shards with ``i % W == r``.
+
+**Output folder**::
+
+    DIR/dataset_info.json                      tokenizer, preprocessing, counts, shard list
+    DIR/errors.jsonl                           one JSON line per image that failed
+    DIR/data/train-00000-of-00012.parquet      one row per image (see below)
+    DIR/.imagetok/                             run plan, per-shard error lists, temporary files
+
+Parquet columns: ``key`` (string), ``width``/``height`` (int32, original image size), ``grid``
+(list<int32>: ``[h, w]`` of the token grid; ``[h_top, w_top, h_bottom, w_bottom]`` for VQ-VAE-2) and
+``tokens`` (list of uint8/uint16/uint32, the smallest type that holds the codebook: codes in raster
+order, levels concatenated coarse to fine, each level's own ids). The tokens equal
+``Tokenizer.encode(path, size=size)`` of the same file.
+
+**Safety.** A shard is written under a temporary name and renamed when complete, after its error
+list; a rerun skips shards that exist and redoes the others, so a killed run never leaves a
+duplicate, a gap, or a partial shard under a final name. A rerun with another model, size, shard
+size or source list is refused. Unreadable, corrupt or non-image files are recorded (key, error)
+and skipped; the summary and exit status report them.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from . import image as _image
+from .config import config_hash, config_to_dict
+from .errors import ImagetokError, InputError
+from .llm import LLMBridge
+
+log = logging.getLogger(__name__)
+
+FORMAT = "imagetok-token-dataset"
+FORMAT_VERSION = 1
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
+)
+INFO_NAME, ERRORS_NAME, DATA_DIR, STATE_DIR = "dataset_info.json", "errors.jsonl", "data", ".imagetok"
+EXIT_SOME_FAILED = 3  # CLI exit status when the dataset is complete but some images failed
+_DIST_TIMEOUT = timedelta(hours=48)  # how long finished ranks wait for the slowest one
+_DEFAULT: Any = object()
+
+
+def _require_pyarrow() -> Any:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "tokenize-dataset writes Parquet and needs pyarrow: pip install 'imagetok[datasets]' (or pip install pyarrow)"
+        ) from None
+    return pyarrow
+
+
+# =============================================================================== the work list
+class _Packed:
+    """A read-only list of strings packed into two numpy arrays (no per-string Python objects, so
+    forked loader workers do not slowly copy it through reference counting)."""
+
+    def __init__(self, items: Sequence[str]):
+        enc = [s.encode("utf-8", "surrogateescape") for s in items]
+        self.offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in enc], out=self.offsets[1:])
+        self.data = np.frombuffer(b"".join(enc), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.offsets.tobytes())
+        h.update(self.data.tobytes())
+        return h.hexdigest()[:32]
+
+
+@dataclass
+class WorkList:
+    """The sorted images of a source.
+
+    Attributes:
+        kind: ``"folder"``, ``"list"`` or ``"tar"``.
+        root: keys are relative to this folder (absolute keys from a list file stay absolute).
+        keys: the sorted, unique keys.
+        tars: tar files (relative to ``root``) that members come from.
+        tar_index, tar_offset, tar_size: per key, which tar (-1: a plain file ``root / key``), where
+            the member's data starts and how long it is.
+        source_errors: ``{"key", "error"}`` for tar files or folders that could not be read.
+        ignored: files skipped because their extension is not an image extension.
+        duplicates: keys listed more than once (kept once).
+    """
+
+    kind: str
+    root: Path
+    keys: _Packed
+    tars: list[str]
+    tar_index: np.ndarray
+    tar_offset: np.ndarray
+    tar_size: np.ndarray
+    source_errors: list[dict]
+    ignored: int = 0
+    duplicates: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def fingerprint(self) -> str:
+        return f"{self.kind}:{self.keys.digest()}"
+
+    def read(self, i: int, handles: dict[int, Any]) -> str | bytes:
+        """The path of item ``i``, or its bytes for a tar member (``handles`` caches open tars)."""
+        t = int(self.tar_index[i])
+        if t < 0:
+            return str(self.root / self.keys[i])
+        f = handles.get(t)
+        if f is None:
+            f = handles[t] = open(self.root / self.tars[t], "rb")  # noqa: SIM115 (closed with the worker)
+        f.seek(int(self.tar_offset[i]))
+        data = f.read(int(self.tar_size[i]))
+        if len(data) != int(self.tar_size[i]):
+            raise InputError(f"{self.tars[t]}: truncated tar member ({len(data)} of {int(self.tar_size[i])} bytes)")
+        return data
+
+
+def _brace_expand(pattern: str) -> list[str]:
+    """``a{00..02}b`` -> a00b a01b a02b; ``a{x,y}`` -> ax ay (nested and repeated braces work)."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
+        opts = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
+    else:
+        opts = body.split(",")
+    return [x for o in opts for x in _brace_expand(head + o + tail)]
+
+
+def _tar_members(tar_path: Path, rel: str, extensions: frozenset[str], out: list, errors: list, t: int) -> int:
+    """Append (key, t, offset, size) for each image member; return the count of non-image members."""
+    ignored = 0
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                if Path(m.name).suffix.lower() not in extensions:
+                    ignored += 1
+                    continue
+                out.append((f"{rel}/{m.name}", t, m.offset_data, m.size))
+    except tarfile.ReadError as e:
+        with open(tar_path, "rb") as f:
+            magic = f.read(6)
+        compressed = magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00" or magic[:4] == b"\x28\xb5\x2f\xfd"
+        hint = " (it is compressed: use uncompressed .tar shards, members are read by offset)" if compressed else ""
+        errors.append({"key": rel, "error": f"tar file unreadable after {len(out)} members: {e}{hint}"})
+    except OSError as e:
+        errors.append({"key": rel, "error": f"cannot read tar file: {e}"})
+    return ignored
+
+
+def list_source(src: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> WorkList:
+    """Enumerate a source into a sorted :class:`WorkList` (see the module docstring for the kinds).
+
+    Raises:
+        InputError: the source does not exist, is an image itself, holds no images, or a list file
+            is not text.
+    """
+    s = str(src)
+    entries: list[tuple[str, int, int, int]] = []  # key, tar index, offset, size
+    tars: list[str] = []
+    errors: list[dict] = []
+    ignored = 0
+    path = Path(s)
+    if path.is_dir():
+        kind, root = "folder", path
+
+        def onerror(e: OSError) -> None:
+            errors.append({"key": os.path.relpath(e.filename, root) if e.filename else ".", "error": f"cannot list folder: {e.strerror or e}"})
+
+        tar_files = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = Path(dirpath).relative_to(root)
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                rel = (rel_dir / name).as_posix()
+                suffix = Path(name).suffix.lower()
+                if suffix in extensions:
+                    entries.append((rel, -1, 0, 0))
+                elif suffix == ".tar":
+                    tar_files.append(rel)
+                else:
+                    ignored += 1
+        for rel in sorted(tar_files):
+            tars.append(rel)
+            ignored += _tar_members(root / rel, rel, extensions, entries, errors, len(tars) - 1)
+    elif path.is_file() and path.suffix.lower() == ".tar" or (not path.exists() and re.search(r"[*?\[{]", s)):
+        kind = "tar"
+        files = [Path(p) for p in sorted({m for pat in _brace_expand(s) for m in (_glob.glob(pat) if re.search(r"[*?\[]", pat) else [pat])})]
+        if not files:
+            raise InputError(f"{s}: the pattern matches no files")
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise InputError(f"{s}: {len(missing)} shard(s) not found, e.g. {missing[:3]}")
+        not_tar = [str(f) for f in files if f.suffix.lower() != ".tar"]
+        if not_tar:
+            raise InputError(f"{s}: a pattern must match .tar shards, got {not_tar[:3]}")
+        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+        for f in files:
+            rel = f.resolve().relative_to(root).as_posix()
+            tars.append(rel)
+            ignored += _tar_members(root / rel, rel, extensions, entries, errors, len(tars) - 1)
+    elif path.is_file():
+        if path.suffix.lower() in extensions:
+            raise InputError(f"{s} is an image; SRC must be a folder, a text file listing image paths, or .tar shards")
+        kind, root = "list", path.resolve().parent
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{s}: not a UTF-8 text file; SRC must be a folder, a list of image paths, or .tar shards") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entries.append((line, -1, 0, 0))
+    else:
+        raise InputError(f"{s}: no such folder, file or .tar shard pattern")
+    entries.sort(key=lambda e: e[0])
+    unique = [e for j, e in enumerate(entries) if j == 0 or e[0] != entries[j - 1][0]]
+    duplicates = len(entries) - len(unique)
+    if duplicates:
+        log.warning("%s: %d key(s) listed more than once; each is tokenized once", s, duplicates)
+    if not unique:
+        exts = " ".join(sorted(extensions))
+        detail = f"; problems: {errors[:3]}" if errors else ""
+        raise InputError(f"{s}: no images found (looked for {exts}{', and .tar shards' if kind == 'folder' else ''}){detail}")
+    return WorkList(
+        kind=kind,
+        root=root.resolve(),
+        keys=_Packed([e[0] for e in unique]),
+        tars=tars,
+        tar_index=np.array([e[1] for e in unique], dtype=np.int32),
+        tar_offset=np.array([e[2] for e in unique], dtype=np.int64),
+        tar_size=np.array([e[3] for e in unique], dtype=np.int64),
+        source_errors=errors,
+        ignored=ignored,
+        duplicates=duplicates,
+    )
+
+
+# ============================================================================== loading images
+class _Item(NamedTuple):
+    index: int
+    key: str
+    width: int
+    height: int
+    pixels: np.ndarray | None  # HxWx3 uint8 (or float32 for high-bit-depth files), already fitted
+    error: str | None
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decode + resize one image per ``__getitem__``; runs in DataLoader worker processes.
+
+    Uses exactly the preprocessing of :meth:`Tokenizer.preprocess` for a path (read_image with the
+    to_rgb_arrays, fit), so the tokens equal ``encode(path)`` (unless ``draft`` is on).
+    """
+
+    def __init__(self, work: WorkList, size: int | None, factor: int, draft: bool):
+        self.work, self.size, self.factor = work, size, factor
+        self.draft_size = size if draft else None
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.work)
+
+    def __getitem__(self, i: int) -> _Item:
+        key = self.work.keys[i]
+        try:
+            img, (w, h) = _image.read_image(self.work.read(i, self._handles), name=key, draft_size=self.draft_size)
+            arrays, _, _ = _image.to_rgb_arrays(img)
+            return _Item(i, key, w, h, _image.fit(arrays[0], self.size, self.factor), None)
+        except Exception as e:  # one bad image is recorded, never fatal
+            msg = str(e) if isinstance(e, ImagetokError) else f"{type(e).__name__}: {e}"
+            return _Item(i, key, 0, 0, None, msg)
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+
+
+def _identity(batch: list) -> list:
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class _ShardBatches:
+    """Index batches in shard order; a batch never spans two shards."""
+
+    def __init__(self, shards: Sequence[int], shard_size: int, n: int, batch_size: int):
+        self.shards, self.shard_size, self.n, self.batch_size = list(shards), shard_size, n, batch_size
+
+    def bounds(self, s: int) -> tuple[int, int]:
+        return s * self.shard_size, min((s + 1) * self.shard_size, self.n)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in self.shards:
+            lo, hi = self.bounds(s)
+            for b in range(lo, hi, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, hi)))
+
+    def __len__(self) -> int:
+        return sum(math.ceil((hi - lo) / self.batch_size) for lo, hi in map(self.bounds, self.shards))
+
+
+# ================================================================================ files, plan
+def _token_dtype(codebook_sizes: Sequence[int]) -> str:
+    k = max(codebook_sizes)
+    return "uint8" if k <= 256 else "uint16" if k <= 65536 else "uint32"
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    """``train-00003-of-00012.parquet`` (at least 5 digits)."""
+    w = max(5, len(str(num_shards)))
+    return f"train-{index:0{w}d}-of-{num_shards:0{w}d}.parquet"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("preprocessing",), ("token_dtype",), ("source", "fingerprint"), ("source", "items"), ("shard_size",))
+
+
+def _get(d: dict, path: Sequence[str]) -> Any:
+    for p in path:
+        d = d.get(p, {}) if isinstance(d, dict) else {}
+    return d
+
+
+def _ensure_plan(out: Path, plan: dict) -> None:
+    """Write the run plan, or check that an existing one describes the same run."""
+    state = out / STATE_DIR
+    (state / "errors").mkdir(parents=True, exist_ok=True)
+    (state / "tmp").mkdir(exist_ok=True)
+    (out / DATA_DIR).mkdir(exist_ok=True)
+    path = state / "plan.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diffs = [".".join(k) for k in _PLAN_MUST_MATCH if _get(old, k) != _get(plan, k)]
+        if diffs:
+            raise InputError(
+                f"{out} holds (part of) another tokenization: {', '.join(diffs)} differ from this run "
+                f"(was {[_get(old, k) for k in _PLAN_MUST_MATCH if '.'.join(k) in diffs]}). "
+                "Use a new --out folder, or delete this one to start over"
+            )
+        return
+    _atomic_write_text(path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
+
+
+def _read_plan(out: Path) -> dict:
+    path = Path(out) / STATE_DIR / "plan.json"
+    if not path.is_file():
+        raise InputError(f"{out}: not a tokenize-dataset output folder ({STATE_DIR}/plan.json is missing)")
+    return json.loads(path.read_text())
+
+
+# ============================================================================== shard writing
+class _ShardWriter:
+    """Rows of one shard -> a temporary Parquet file, renamed into place by :meth:`commit`."""
+
+    def __init__(self, out: Path, index: int, plan: dict, row_group: int):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa, self.pq = pa, pq
+        n = plan["num_shards"]
+        self.name = shard_name(index, n)
+        self.final = out / DATA_DIR / self.name
+        self.errors_path = out / STATE_DIR / "errors" / (self.name[: -len(".parquet")] + ".jsonl")
+        self.tmp = out / STATE_DIR / "tmp" / f"{self.name}.{socket.gethostname()}-{os.getpid()}"
+        self.dtype = np.dtype(plan["token_dtype"])
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": index, "num_shards": n,
+                "config_hash": plan["tokenizer"]["config_hash"], "token_dtype": plan["token_dtype"]}
+        self.schema = pa.schema(
+            [("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+             ("grid", pa.list_(pa.int32())), ("tokens", pa.list_(pa.from_numpy_dtype(self.dtype)))],
+            metadata={"imagetok": json.dumps(meta)},
+        )
+        self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
+        self.row_group = row_group
+        self.rows: list[tuple[str, int, int, list[int], np.ndarray]] = []
+        self.errors: list[dict] = []
+        self.count = 0
+
+    def add(self, key: str, width: int, height: int, grid: list[int], tokens: np.ndarray) -> None:
+        self.rows.append((key, width, height, grid, tokens))
+        if len(self.rows) >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        pa = self.pa
+        keys, widths, heights, grids, toks = zip(*self.rows)
+        lens = np.fromiter((t.size for t in toks), dtype=np.int32, count=len(toks))
+        offsets = np.zeros(len(toks) + 1, dtype=np.int32)
+        np.cumsum(lens, out=offsets[1:])
+        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(toks).astype(self.dtype, copy=False)))
+        table = pa.Table.from_arrays(
+            [pa.array(keys, pa.string()), pa.array(widths, pa.int32()), pa.array(heights, pa.int32()),
+             pa.array(grids, pa.list_(pa.int32())), tokens],
+            schema=self.schema,
+        )
+        self.writer.write_table(table)
+        self.count += len(self.rows)
+        self.rows = []
+
+    def commit(self) -> None:
+        """Finish the file, write the shard's error list, then rename the shard into place."""
+        self._flush()
+        self.writer.close()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        _atomic_write_text(self.errors_path, "".join(json.dumps(e) + "\n" for e in self.errors))
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # already broken: the file is deleted anyway
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+# ============================================================================ distributed setup
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    group: Any = None  # a torch.distributed group for the final barrier, when one exists
+    created: bool = False
+
+    def barrier(self) -> None:
+        if self.group is not None:
+            torch.distributed.barrier(group=self.group)
+
+    def close(self) -> None:
+        if self.created:
+            torch.distributed.destroy_process_group()
+
+
+def _setup_dist(rank: int | None, world_size: int | None) -> _Dist:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None:
+            raise InputError("pass both rank and world_size (or neither, to use torchrun's environment)")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise InputError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        return _Dist(rank, world_size, local_rank, local_world)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        group = dist.new_group(backend="gloo", timeout=_DIST_TIMEOUT) if dist.get_backend() != "gloo" else None
+        return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world, group or dist.group.WORLD)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_available():
+            raise InputError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        dist.init_process_group("gloo", timeout=_DIST_TIMEOUT)
+        return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, local_world, dist.group.WORLD, created=True)
+    return _Dist()
+
+
+# ============================================================================ progress display
+class _Progress:
+    """images/s and ETA on stderr (tqdm when installed, else a line every few seconds)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.total, self.done, self.failed, self.t0, self.last = total, 0, 0, time.monotonic(), 0.0
+        self.bar = None
+        self.enabled = enabled and total > 0
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                tty = sys.stderr.isatty()
+                self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5 if tty else 30, smoothing=0.1)
+            except ImportError:
+                pass
+        self.desc = desc
+
+    def update(self, n: int, failed: int) -> None:
+        self.done += n
+        self.failed += failed
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            if failed:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last >= 10 or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            print(f"{self.desc}: {self.done}/{self.total} images, {rate:.1f} img/s, ETA {_hms(eta)}, failed {self.failed}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+# ================================================================================== the run
+def _default_workers(local_world: int) -> int:
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, local_world) - 1))
+
+
+def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, shard_size: int) -> dict:
+    from . import __version__
+
+    factor = max(tok.downsample_factors)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "imagetok_version": __version__,
+        "tokenizer": {
+            "name": tok.name,
+            "revision": getattr(tok, "revision", None),
+            "family": tok.config.family,
+            "config_hash": config_hash(tok.config),
+            "config": config_to_dict(tok.config),
+            "codebook_sizes": list(tok.codebook_sizes),
+            "downsample_factors": list(tok.downsample_factors),
+        },
+        "preprocessing": {
+            "size": size,
+            "resize": (
+                f"shorter side to {size} (bicubic, antialiased), centre crop to {size}x{size}"
+                if size is not None else f"none; centre crop each side down to a multiple of {factor}"
+            ),
+            "jpeg_draft": bool(draft and size is not None),
+            "color": "EXIF orientation applied; RGB; alpha composited on white; grayscale repeated; 16-bit scaled to [0, 1]",
+            "input_range": list(tok.config.input_range),
+        },
+        "token_dtype": _token_dtype(tok.codebook_sizes),
+        "source": {
+            "path": str(src),
+            "kind": work.kind,
+            "items": len(work),
+            "fingerprint": work.fingerprint(),
+            "ignored_files": work.ignored,
+            "duplicate_keys": work.duplicates,
+        },
+        "source_errors": work.source_errors,
+        "shard_size": shard_size,
+        "num_shards": math.ceil(len(work) / shard_size),
+    }
+
+
+def tokenize_dataset(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: Any = None,
+    size: int | None = _DEFAULT,
+    batch_size: int = 16,
+    workers: int | None = None,
+    shard_size: int = 1000,
+    draft: bool = False,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Tokenize every image under ``src`` into Parquet shards in ``out`` (see the module docstring).
+
+    Args:
+        src: a folder, a text file listing image paths, a ``.tar`` shard or a pattern of them.
+        out: output folder (created). A rerun into the same folder resumes.
+        model: an :class:`imagetok.Tokenizer`, or a name/folder for ``Tokenizer.from_pretrained``
+            (None: the bundled model).
+        size: resize+crop side (default: the model's ``resolution``; None keeps each image's size,
+            cropped to a multiple of the downsampling factor).
+        batch_size: images per forward pass.
+        workers: loader processes (0: load in this process; default: about one per spare core).
+        shard_size: images per Parquet shard; fixed for the life of an output folder.
+        draft: decode JPEGs at least 2x larger than ``size`` at reduced size (PIL draft): faster
+            loading, but pixels (and so some tokens) differ from ``Tokenizer.encode(path)``, which
+            always decodes fully. Off by default.
+        device, dtype: where and in which dtype to run the network when ``model`` is a name
+            (default device: ``cuda:LOCAL_RANK`` when CUDA is available, else cpu).
+        rank, world_size: split the work by hand (e.g. one job per machine without torchrun);
+            default: torchrun's ``RANK``/``WORLD_SIZE`` environment, else one process.
+        progress: show images/s and ETA on stderr (rank 0 only).
+        callback: called as ``callback(images_done, images_total)`` after each batch (this rank).
+
+    Returns:
+        A summary dict: ``images`` (in the source), ``processed`` (by this process in this call),
+        ``failed_now``, ``shards_done_now``, ``shards_skipped``, ``complete`` (all shards present),
+        ``rows`` / ``failed`` (whole dataset, when complete), ``seconds``, ``images_per_s``, ``info``.
+
+    Raises:
+        InputError: unusable source, invalid sizes, or ``out`` holds a different tokenization.
+        ImportError: pyarrow is not installed.
+    """
+    from .tokenizer import Tokenizer
+
+    _require_pyarrow()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise InputError(f"shard_size must be a positive int, got {shard_size!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise InputError(f"workers must be an int >= 0, got {workers!r}")
+    t_start = time.monotonic()
+    dist = _setup_dist(rank, world_size)
+    try:
+        if isinstance(model, Tokenizer):
+            tok = model
+        else:
+            if device is None:
+                device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
+            tok = Tokenizer.from_pretrained(model, device=device, dtype=dtype)
+        size = tok.default_size if size is _DEFAULT else size
+        factor = max(tok.downsample_factors)
+        _image.check_size(size, factor)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        work = list_source(src)
+        plan = _plan(tok, work, src, size, draft, shard_size)
+        _ensure_plan(out, plan)
+        n_shards = plan["num_shards"]
+        mine = [i for i in range(n_shards) if i % dist.world == dist.rank]
+        todo = [i for i in mine if not (out / DATA_DIR / shard_name(i, n_shards)).exists()]
+        for i in todo:  # leftovers of a killed run
+            for stale in (out / STATE_DIR / "tmp").glob(shard_name(i, n_shards) + ".*"):
+                stale.unlink(missing_ok=True)
+        sampler = _ShardBatches(todo, shard_size, len(work), batch_size)
+        total = sum(hi - lo for lo, hi in map(sampler.bounds, todo))
+        n_workers = _default_workers(dist.local_world) if workers is None else workers
+        desc = "tokenize" if dist.world == 1 else f"tokenize (rank {dist.rank}/{dist.world})"
+        bar = _Progress(total, progress and dist.rank == 0, desc)
+        try:
+            processed, failed = _run(tok, work, plan, out, sampler, size, factor, draft, n_workers, bar, callback)
+        finally:
+            bar.close()
+        seconds = time.monotonic() - t_start
+        summary: dict[str, Any] = {
+            "images": len(work),
+            "processed": processed,
+            "failed_now": failed,
+            "shards_done_now": len(todo),
+            "shards_skipped": len(mine) - len(todo),
+            "rank": dist.rank,
+            "world_size": dist.world,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
+        }
+        dist.barrier()
+        info = None
+        if dist.rank == 0 or dist.group is None:
+            info = merge_dataset(out, quiet=dist.group is None and dist.rank != 0)
+        summary["complete"] = info is not None if (dist.rank == 0 or dist.group is None) else None
+        if info is not None:
+            summary.update(rows=info["counts"]["rows"], failed=info["counts"]["failed"], info=str(out / INFO_NAME))
+        return summary
+    finally:
+        dist.close()
+
+
+def _run(tok: Any, work: WorkList, plan: dict, out: Path, sampler: _ShardBatches, size: int | None, factor: int,
+         draft: bool, n_workers: int, bar: _Progress, callback: Callable[[int, int], None] | None) -> tuple[int, int]:
+    """The loop: loader workers decode ahead while this process encodes and writes shards."""
+    if len(sampler) == 0:
+        return 0, 0
+    images = _Images(work, size, factor, draft)
+    loader = torch.utils.data.DataLoader(
+        images,
+        batch_sampler=sampler,
+        num_workers=n_workers,
+        collate_fn=_identity,
+        worker_init_fn=_worker_init if n_workers else None,
+        prefetch_factor=4 if n_workers else None,
+    )
+    levels = len(tok.codebook_sizes)
+    row_group = min(sampler.shard_size, 1024)
+    writer: _ShardWriter | None = None
+    remaining = 0
+    processed = failed = 0
+    try:
+        for batch in loader:
+            shard = batch[0].index // sampler.shard_size
+            if writer is None:
+                writer = _ShardWriter(out, shard, plan, row_group)
+                lo, hi = sampler.bounds(shard)
+                remaining = hi - lo
+            good = [it for it in batch if it.error is None]
+            for it in batch:
+                if it.error is not None:
+                    writer.errors.append({"key": it.key, "error": it.error, "shard": shard})
+            by_shape: dict[tuple, list[_Item]] = {}
+            for it in good:
+                by_shape.setdefault(it.pixels.shape, []).append(it)
+            encoded: dict[int, tuple[list[int], np.ndarray]] = {}
+            for group in by_shape.values():
+                tokens = tok.encode_pixels(_image.to_tensor([it.pixels for it in group]))
+                parts = [t.cpu().numpy() for t in (tokens if isinstance(tokens, tuple) else (tokens,))]
+                grid = [d for p in parts for d in p.shape[1:]]
+                for j, it in enumerate(group):
+                    flat = parts[0][j].reshape(-1) if levels == 1 else np.concatenate([p[j].reshape(-1) for p in parts])
+                    encoded[it.index] = (grid, flat)
+            for it in batch:  # keep key order inside the shard
+                if it.index in encoded:
+                    grid, flat = encoded[it.index]
+                    writer.add(it.key, it.width, it.height, grid, flat)
+            n_bad = len(batch) - len(good)
+            processed += len(batch)
+            failed += n_bad
+            remaining -= len(batch)
+            if remaining == 0:
+                writer.commit()
+                writer = None
+            bar.update(len(batch), n_bad)
+            if callback is not None:
+                callback(processed, bar.total)
+    finally:
+        if writer is not None:
+            writer.abort()
+        images.close()
+    return processed, failed
+
+
+# ============================================================================== merge / info
+def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None:
+    """Write ``dataset_info.json`` and ``errors.jsonl`` from the finished shards in ``out``.
+
+    Runs automatically at the end of :func:`tokenize_dataset` (rank 0 after a barrier); call it
+    (``--merge-only``) after separate jobs or machines have filled one folder.
+
+    Returns:
+        The info dict, or None when some shards are still missing (nothing is written then).
+
+    Raises:
+        InputError: ``out`` is not a tokenize-dataset folder, or a shard's rows and errors do not
+            add up to its images (a damaged or foreign file).
+    """
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    plan = _read_plan(out)
+    n, size, total = plan["num_shards"], plan["shard_size"], plan["source"]["items"]
+    shards, missing = [], []
+    rows = failed = 0
+    for i in range(n):
+        name = shard_name(i, n)
+        path = out / DATA_DIR / name
+        if not path.is_file():
+            missing.append(i)
+            continue
+        errs_path = out / STATE_DIR / "errors" / (name[: -len(".parquet")] + ".jsonl")
+        if not errs_path.is_file():
+            raise InputError(f"{errs_path} is missing for finished shard {name}; copy {STATE_DIR}/errors/ along with {DATA_DIR}/")
+        n_err = sum(1 for line in errs_path.open(encoding="utf-8") if line.strip())
+        n_rows = pq.ParquetFile(path).metadata.num_rows
+        expect = min(size, total - i * size)
+        if n_rows + n_err != expect:
+            raise InputError(f"{path}: {n_rows} rows + {n_err} errors != {expect} images of this shard; delete it and rerun")
+        shards.append({"file": f"{DATA_DIR}/{name}", "index": i, "rows": n_rows, "failed": n_err})
+        rows += n_rows
+        failed += n_err
+    if missing:
+        if not quiet:
+            log.warning("%s: %d of %d shards not finished yet (e.g. %s); dataset_info.json not written", out, len(missing), n, missing[:5])
+        return None
+    tmp = out / f".{ERRORS_NAME}.{socket.gethostname()}-{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for e in plan.get("source_errors", []):
+            f.write(json.dumps({**e, "shard": None}) + "\n")
+        for s in shards:
+            name = Path(s["file"]).name
+            f.write((out / STATE_DIR / "errors" / (name[: -len(".parquet")] + ".jsonl")).read_text(encoding="utf-8"))
+    os.replace(tmp, out / ERRORS_NAME)
+    order = ("format", "format_version", "imagetok_version", "tokenizer", "preprocessing", "token_dtype")
+    info = {k: plan[k] for k in order}
+    info["columns"] = {
+        "key": "string: path relative to the source folder (or as listed; tar members as shard.tar/member)",
+        "width": "int32: original image width",
+        "height": "int32: original image height",
+        "grid": "list<int32>: [h, w] of each level's token grid, coarse to fine",
+        "tokens": f"list<{plan['token_dtype']}>: codes in raster order, levels concatenated coarse to fine",
+    }
+    info["source"] = plan["source"]
+    info["counts"] = {"images": total, "rows": rows, "failed": failed, "source_errors": len(plan.get("source_errors", []))}
+    info["data_files"] = f"{DATA_DIR}/*.parquet"
+    info["errors_file"] = ERRORS_NAME
+    info["shard_size"] = size
+    info["num_shards"] = n
+    info["shards"] = shards
+    _atomic_write_text(out / INFO_NAME, json.dumps(info, indent=1) + "\n")
+    return info
+
+
+# ==================================================================================== reading
+class TokenRecord(NamedTuple):
+    """One row of a token dataset: ``tokens`` is int64 ``[h, w]`` (a tuple of grids for VQ-VAE-2)."""
+
+    key: str
+    width: int
+    height: int
+    tokens: Any
+
+
+class TokenDataset:
+    """Read a tokenized dataset: rows as token grids or as LLM id sequences.
+
+    Args:
+        directory: a :func:`tokenize_dataset` output folder (with ``dataset_info.json``).
+        rank, world_size: read only shards ``i % world_size == rank`` (one part per training process).
+
+    Files are streamed one row group at a time, so memory does not grow with the dataset. The
+    Parquet files also load with ``datasets.load_dataset("parquet", data_files=...)``, pandas and
+    pyarrow (see the module docstring for the columns).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, rank: int = 0, world_size: int = 1):
+        _require_pyarrow()
+        self.directory = Path(directory)
+        path = self.directory / INFO_NAME
+        if not path.is_file():
+            hint = " (the run is unfinished: rerun tokenize-dataset, or --merge-only)" if (self.directory / STATE_DIR).is_dir() else ""
+            raise InputError(f"{self.directory}: no {INFO_NAME}{hint}")
+        self.info = json.loads(path.read_text())
+        if self.info.get("format") != FORMAT:
+            raise InputError(f"{path}: not an imagetok token dataset (format {self.info.get('format')!r})")
+        if self.info.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"{path}: format_version {self.info.get('format_version')} is not supported (this imagetok reads {FORMAT_VERSION})")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise InputError(f"need 0 <= rank < world_size, got {rank}, {world_size}")
+        self.shards = [s for s in self.info["shards"] if s["index"] % world_size == rank]
+        self.codebook_sizes = tuple(self.info["tokenizer"]["codebook_sizes"])
+        self.downsample_factors = tuple(self.info["tokenizer"]["downsample_factors"])
+
+    @property
+    def files(self) -> list[Path]:
+        """The Parquet shard paths, in key order."""
+        return [self.directory / s["file"] for s in self.shards]
+
+    def __len__(self) -> int:
+        return sum(s["rows"] for s in self.shards)
+
+    def bridge(self, *, offset: int = 0, boi: bool | int = False, eoi: bool | int = False, eor: bool | int = False) -> LLMBridge:
+        """An :class:`LLMBridge` for this dataset's vocabulary."""
+        return LLMBridge(self.codebook_sizes, self.downsample_factors, offset=offset, boi=boi, eoi=eoi, eor=eor)
+
+    def iter_rows(self, batch_rows: int = 1024) -> Iterator[TokenRecord]:
+        """Yield :class:`TokenRecord` per image, in key order."""
+        import pyarrow.parquet as pq
+
+        n_levels = len(self.codebook_sizes)
+        for path in self.files:
+            pf = pq.ParquetFile(path)
+            for rb in pf.iter_batches(batch_size=batch_rows, columns=["key", "width", "height", "grid", "tokens"]):
+                keys = rb.column(0).to_pylist()
+                widths = rb.column(1).to_numpy()
+                heights = rb.column(2).to_numpy()
+                grids, toks = rb.column(3), rb.column(4)
+                g_off, g_val = grids.offsets.to_numpy(), grids.values.to_numpy()
+                t_off, t_val = toks.offsets.to_numpy(), toks.values.to_numpy()
+                for j, key in enumerate(keys):
+                    grid = g_val[g_off[j] : g_off[j + 1]]
+                    flat = torch.from_numpy(t_val[t_off[j] : t_off[j + 1]].astype(np.int64))
+                    if n_levels == 1:
+                        tokens = flat.reshape(int(grid[0]), int(grid[1]))
+                    else:
+                        parts, pos = [], 0
+                        for lv in range(n_levels):
+                            h, w = int(grid[2 * lv]), int(grid[2 * lv + 1])
+                            parts.append(flat[pos : pos + h * w].reshape(h, w))
+                            pos += h * w
+                        tokens = tuple(parts)
+                    yield TokenRecord(key, int(widths[j]), int(heights[j]), tokens)
+
+    def __iter__(self) -> Iterator[TokenRecord]:
+        return self.iter_rows()
+
+    def sequences(self, bridge: LLMBridge | None = None) -> Iterator[torch.Tensor]:
+        """Yield one int64 ``[N]`` LLM id sequence per image (default bridge: raw flat ids, no markers,
+        as :meth:`Tokenizer.flatten`)."""
+        bridge = bridge or self.bridge()
+        for row in self.iter_rows():
+            yield bridge.to_llm(row.tokens)
+
+    def to_memmap(self, out_dir: str | os.PathLike | None = None, *, bridge: LLMBridge | None = None, dtype: str | None = None) -> dict:
+        """See :func:`export_memmap`."""
+        return export_memmap(self, out_dir, bridge=bridge, dtype=dtype)
+
+
+def export_memmap(
+    dataset: str | os.PathLike | TokenDataset,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    bridge: LLMBridge | None = None,
+    dtype: str | None = None,
+) -> dict:
+    """Write all sequences as one flat memmap (nanoGPT / Megatron style) plus offsets.
+
+    Files in ``out_dir`` (default ``DATASET/memmap``): ``tokens.bin`` (the LLM ids of every image
+    back to back, ``dtype``), ``offsets.npy`` (int64 ``[N + 1]``: image ``i`` is
+    ``tokens[offsets[i]:offsets[i + 1]]``), ``keys.jsonl`` (image keys in the same order) and
+    ``memmap_info.json`` (dtype, counts, the bridge), written last.
+
+    Read with ``np.memmap(out_dir / "tokens.bin", dtype=info["dtype"], mode="r")``.
+
+    Args:
+        bridge: maps tokens to ids (default: raw flat ids, no markers).
+        dtype: "uint16" or "uint32" (default: uint16 when every id is below 65536).
+
+    Raises:
+        InputError: ids do not fit the requested dtype.
+    """
+    ds = dataset if isinstance(dataset, TokenDataset) else TokenDataset(dataset)
+    bridge = bridge or ds.bridge()
+    max_id = max([bridge.vocab_end - 1] + [v for v in (bridge.boi_id, bridge.eoi_id, bridge.eor_id) if v is not None])
+    auto = "uint16" if max_id < 65536 else "uint32"
+    dtype = dtype or auto
+    if dtype not in ("uint16", "uint32"):
+        raise InputError(f"dtype must be 'uint16' or 'uint32', got {dtype!r}")
+    if max_id >= 2 ** (16 if dtype == "uint16" else 32):
+        raise InputError(f"ids up to {max_id} do not fit {dtype}; use dtype='uint32'")
+    out_dir = Path(out_dir) if out_dir is not None else ds.directory / "memmap"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{socket.gethostname()}-{os.getpid()}.tmp"
+    names = ("tokens.bin", "offsets.npy", "keys.jsonl")
+    tmps = [out_dir / f".{n}.{tag}" for n in names]
+    n = len(ds)
+    offsets = np.lib.format.open_memmap(tmps[1], mode="w+", dtype=np.int64, shape=(n + 1,))
+    offsets[0] = 0
+    count = 0
+    try:
+        with open(tmps[0], "wb") as fb, open(tmps[2], "w", encoding="utf-8") as fk:
+            for i, row in enumerate(ds.iter_rows()):
+                seq = bridge.to_llm(row.tokens).numpy().astype(dtype)
+                fb.write(seq.tobytes())
+                count += seq.size
+                offsets[i + 1] = count
+                fk.write(json.dumps(row.key) + "\n")
+        offsets.flush()
+        del offsets
+        for tmp, name in zip(tmps, names):
+            os.replace(tmp, out_dir / name)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+    info = {
+        "dtype": dtype,
+        "num_sequences": n,
+        "num_tokens": count,
+        "bridge": bridge.to_dict(),
+        "tokenizer_config_hash": ds.info["tokenizer"]["config_hash"],
+        "files": {"tokens": "tokens.bin", "offsets": "offsets.npy", "keys": "keys.jsonl"},
+    }
+    _atomic_write_text(out_dir / "memmap_info.json", json.dumps(info, indent=1) + "\n")
+    return info
+
+
+# ======================================================================================== CLI
+def add_arguments(p: Any) -> None:
+    """The ``tokenize-dataset`` options (shared by ``imagetok tokenize-dataset`` and
+    ``python -m imagetok.tokenize_dataset``)."""
+    p.add_argument("src", nargs="?", help="folder, text file listing image paths, .tar shard or pattern (shards/{0000..0099}.tar)")
+    p.add_argument("--out", "-o", required=True, help="output folder (a rerun into it resumes)")
+    p.add_argument("--model", "-m", default=None, help="model name or folder (default: bundled)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--workers", type=int, default=None, help="image loading processes (default: one per spare core, 0 = in-process)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard (default 1000)")
+    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="network dtype (codebook search stays float32)")
+    p.add_argument("--draft", action="store_true", help="decode large JPEGs at reduced size (faster; tokens then differ slightly from encode())")
+    p.add_argument("--rank", type=int, default=None, help="this job's part when splitting by hand (with --world-size)")
+    p.add_argument("--world-size", type=int, default=None, help="number of parts when splitting by hand")
+    p.add_argument("--merge-only", action="store_true", help="only (re)write dataset_info.json and errors.jsonl from finished shards")
+    p.add_argument("--memmap", action="store_true", help="also export memmap/tokens.bin + offsets.npy (LLM ids)")
+    p.add_argument("--llm-offset", type=int, default=0, help="LLM id of image code 0 for --memmap (default 0)")
+    p.add_argument("--boi", action="store_true", help="--memmap: add a begin-of-image id")
+    p.add_argument("--eoi", action="store_true", help="--memmap: add an end-of-image id")
+    p.add_argument("--eor", action="store_true", help="--memmap: add an end-of-row id after each row")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: Any) -> int:
+    """Run a parsed ``tokenize-dataset`` command; returns the exit status (0 all images tokenized,
+    3 dataset complete but some images failed, 1 not complete)."""
+    try:
+        _require_pyarrow()
+    except ImportError as e:
+        print(f"imagetok tokenize-dataset: error: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    if args.merge_only:
+        info = merge_dataset(out)
+        if info is None:
+            print(f"imagetok tokenize-dataset: {out}: shards still missing; dataset_info.json not written", file=sys.stderr)
+            return 1
+        summary: dict[str, Any] = {"complete": True, "rows": info["counts"]["rows"], "failed": info["counts"]["failed"],
+                                   "images": info["counts"]["images"], "info": str(out / INFO_NAME)}
+        is_main = True
+    else:
+        if not args.src:
+            raise InputError("SRC is required (unless --merge-only)")
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        summary = tokenize_dataset(
+            args.src, out, model=args.model, size=(None if args.size == 0 else args.size) if args.size is not None else _DEFAULT,
+            batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size, draft=args.draft,
+            device=args.device, dtype=dtypes.get(args.dtype) if args.dtype else None, rank=args.rank,
+            world_size=args.world_size, progress=not args.quiet,
+        )
+        is_main = summary["complete"] is not None
+    if summary.get("complete") and args.memmap and summary.get("rank", 0) == 0:
+        ds = TokenDataset(out)
+        mm = export_memmap(ds, bridge=ds.bridge(offset=args.llm_offset, boi=args.boi, eoi=args.eoi, eor=args.eor))
+        summary["memmap"] = {"dir": str(out / "memmap"), **{k: mm[k] for k in ("dtype", "num_sequences", "num_tokens")}}
+    if not is_main:  # a torchrun rank > 0: rank 0 reports the merged dataset
+        print(f"rank {summary['rank']}: {summary['processed']} images, {summary['failed_now']} failed", file=sys.stderr)
+        return 0
+    if summary.get("complete"):
+        failed = summary["failed"]
+        msg = f"{summary['rows']} of {summary['images']} images tokenized into {out / DATA_DIR}"
+        msg += f"; {failed} failed (listed in {out / ERRORS_NAME})" if failed else ""
+        print(f"imagetok tokenize-dataset: {msg}", file=sys.stderr)
+        print(json.dumps(summary))
+        return EXIT_SOME_FAILED if failed else 0
+    print(json.dumps(summary))
+    print(
+        f"imagetok tokenize-dataset: this part is done ({summary.get('processed')} images, {summary.get('failed_now')} failed); "
+        "other parts are unfinished: rerun with --merge-only when all are done",
+        file=sys.stderr,
+    )
+    return EXIT_SOME_FAILED if summary.get("failed_now") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m imagetok.tokenize_dataset`` (same as ``imagetok tokenize-dataset``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["tokenize-dataset", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
