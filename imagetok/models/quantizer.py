@@ -1,55 +1,307 @@
 """Quantizers: nearest-code lookup (plain or l2-normalised) and taming's Gumbel tokeniser.
 
 Both are pure functions of their weights: nothing here changes a codebook (EMA updates and
-dead-code restarts live in ``imagetok.train``). Distances and argmins always run in float32,
-whatever dtype the surrounding network uses, and the search is chunked so memory stays bounded
-for large codebooks and many vectors.
+dead-code restarts live in ``imagetok.train``). Latents are searched as float32 values, whatever
+dtype or autocast the surrounding network uses, and :func:`nearest_code` returns their exact
+nearest code (a fast bf16/float32 screen with a rigorous error bound, float64 where it cannot
+decide); the search is chunked so memory stays bounded for large codebooks and many vectors.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+import functools
+import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Elements of one distance block (float32): 2**22 -> 16 MiB. A block holds `rows` vectors against
-# the whole codebook, so 16384 codes x 65536 vectors is searched 256 vectors at a time.
+# Elements of one distance block: 2**22 -> 16 MiB in float32. A block holds `rows` vectors against
+# the whole codebook, so 16384 codes x 65536 vectors are searched 256 vectors at a time.
 CHUNK_ELEMENTS = 2**22
 MAX_ROWS = 1024
+# Codes of at most this dimension are searched in blocks of at most 2**20 elements (4 MiB in
+# float32): the distance matrix, not the arithmetic, is the cost there, so blocks stay in cache.
+SMALL_DIM, SMALL_DIM_ELEMENTS = 32, 2**20
+# Screening in bfloat16 pays off from this code dimension on (CPUs with AVX512-BF16 or AMX).
+BF16_MIN_DIM = 64
+# A row with more candidate codes than this after float32 screening is decided over the whole
+# codebook in float64.
+MAX_CANDIDATES = 32
+# Rows decided over the whole codebook are processed in groups of this many (zero-padded, so the
+# float64 product has one shape whatever the batch).
+DENSE_GROUP = 16
+
+_F32_EPS, _BF16_EPS = 2.0**-24, 2.0**-8  # unit roundoffs (round to nearest)
 
 
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+def _gamma(n: int) -> float:
+    """Bound on the relative error of an n-term float32 sum of products (Higham's gamma_n)."""
+    return n * _F32_EPS / (1 - n * _F32_EPS)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # noqa: BLE001 - a torch without these probes: assume no
+        return False
+
+
+def _fp32_matmul_input_eps() -> float:
+    """Relative rounding of float32 matmul inputs: 0, or bf16's when TF32/bf16 matmuls are allowed."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return _BF16_EPS
+    for backend in ("cuda", "mkldnn"):
+        matmul = getattr(getattr(torch.backends, backend, None), "matmul", None)
+        if getattr(matmul, "allow_tf32", False) or getattr(matmul, "fp32_precision", "none") not in ("none", "ieee"):
+            return _BF16_EPS
+    return 0.0
+
+
+def _no_autocast(device: torch.device):
+    """Switch autocast off on ``device`` (a bf16/fp16 autocast region must not reach the search)."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _CodeSearch:
+    """Exact nearest-code search against one codebook, prepared once per call.
+
+    ``screen="f64"``: float64 distances, argmin directly (a reference; slower than fp32 here).
+
+    ``"bf16"`` / ``"fp32"``: a block of vectors is *screened* with one matrix product in that
+    precision. A rigorous bound ``|approx - exact| <= A + u*|approx|`` on the screening error then
+    certifies the screened argmin of nearly every row (its distance is below every other code's
+    by more than the error). Rows the bf16 screen cannot certify are screened again in float32;
+    rows still open get their candidates' exact squared distances ``sum((z - e)**2)`` in float64
+    (past ``MAX_CANDIDATES`` candidates, a float64 search of the whole codebook).
+
+    Either way the answer is the exact argmin of the float32 inputs (up to float64 rounding)
+    whatever the screening precision, the hardware or the other vectors in the batch. The
+    argmin over codes is taken in two cheap steps (minima of groups of codes, then inside the
+    best group), since a plain argmin or min-with-index is several times slower than ``amin``.
+    """
+
+    def __init__(self, e: torch.Tensor, screen: str, norms: torch.Tensor | None = None):
+        self.e, (self.k, self.d) = e, e.shape
+        self.screen = screen
+        self.group = math.gcd(self.k, 64)
+        self._fp32: _CodeSearch | None = None
+        self._e64: tuple[torch.Tensor, torch.Tensor] | None = None
+        if screen == "f64":
+            self._dense_setup()
+            return
+        if norms is None:
+            norms = torch.linalg.vector_norm(e, dim=1)  # float32: relative error <= gamma_d + eps
+        self.norms = norms
+        self.e_max = float(norms.max()) * (1 + 2 * _gamma(self.d + 1))
+        e_sq = norms.double() ** 2
+        if screen == "bf16":
+            # One product gives |z|^2 + |e|^2 - 2 z.e, accumulated in float32 before a single
+            # rounding to bfloat16: codes [e | |e|^2 hi, lo | 1, 1 | 0 pad] against vectors
+            # [-2z | 1, 1 | |z|^2 hi, lo | 0 pad]; -2z is exact in bf16, norms are split hi + lo.
+            self.cols = -(-(self.d + 4) // 16) * 16
+            ea = torch.empty(self.k, self.cols, dtype=torch.bfloat16, device=e.device)
+            ea[:, : self.d] = e
+            ea[:, self.d + 4 :] = 0.0
+            hi = e_sq.to(torch.bfloat16)
+            ea[:, self.d], ea[:, self.d + 1] = hi, (e_sq - hi.double()).to(torch.bfloat16)
+            ea[:, self.d + 2 : self.d + 4] = 1.0
+            self.ea = ea
+            u = _BF16_EPS
+            # A = c_prod |z||e| + c_sq (|z| + |e|)^2: z and e rounded to bf16 in the products;
+            # |e|^2 from the float32 norm, hi/lo splits, float32 sums. Then x2 margin.
+            self.c_prod = 2 * (4 * u + 2 * u * u)
+            self.c_sq = 2 * (2 * u * u + 3 * _gamma(self.cols + 2) * (1 + 2 * u))
+            self.u_out = 2.0**-7  # the final rounding to bf16 (one ulp: any rounding mode)
+        else:
+            self.e_sq = e_sq.float()  # |e|^2 rounded to float32
+            u = _fp32_matmul_input_eps()  # 0 unless TF32/bf16 matmuls are allowed
+            self.c_prod = 2 * 2 * (2 * u + u * u)
+            self.c_sq = 2 * 3 * _gamma(self.d + 2) * (1 + 2 * u)
+            self.u_out = 0.0
+
+    def rows(self, chunk_elements: int) -> int:
+        """Vectors per block: ``chunk_elements // K``, capped."""
+        elements = min(chunk_elements, SMALL_DIM_ELEMENTS) if self.d <= SMALL_DIM else chunk_elements
+        return max(1, min(MAX_ROWS, elements // self.k))
+
+    def search(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` [n, D] float32 contiguous -> [n] int64 exact nearest codes."""
+        n = z.shape[0]
+        if self.k == 1 or n == 0:
+            return torch.zeros(n, dtype=torch.long, device=z.device)
+        if self.screen == "f64":
+            e64, e64_sq = self._e64
+            dist = torch.addmm(e64_sq, z.double(), e64.t(), beta=1.0, alpha=-2.0)  # [n, K], |z-e|^2 - |z|^2
+            out = self._argmin(dist)
+            bad = ~torch.isfinite(z).all(1)
+            return out.masked_fill_(bad, 0) if bool(bad.any()) else out
+        z_sq = (z.double() ** 2).sum(1)
+        if self.screen == "bf16":
+            za = torch.empty(n, self.cols, dtype=torch.bfloat16, device=z.device)
+            za[:, : self.d] = z * -2.0
+            za[:, self.d : self.d + 2] = 1.0
+            za[:, self.d + 4 :] = 0.0
+            hi = z_sq.to(torch.bfloat16)
+            za[:, self.d + 2], za[:, self.d + 3] = hi, (z_sq - hi.double()).to(torch.bfloat16)
+            approx = torch.mm(self.ea, za.t()).t()  # [n, K] view of a [K, n] product: |z - e|^2, bf16
+            # Non-negative bf16 values order like their int16 bit patterns (faster reductions).
+            k1, v1, v2 = self._two_smallest(approx.view(torch.int16), torch.iinfo(torch.int16).max)
+            m1, m2 = v1.view(torch.bfloat16).double(), v2.view(torch.bfloat16).double()
+            shift = torch.zeros_like(z_sq)
+        else:
+            approx = torch.addmm(self.e_sq, z, self.e.t(), beta=1.0, alpha=-2.0)  # [n, K], |z-e|^2 - |z|^2
+            k1, v1, v2 = self._two_smallest(approx, float("inf"))
+            m1, m2 = v1.double(), v2.double()
+            shift = z_sq  # approx + |z|^2 ~ |z - e|^2
+        upper1, err = self._bounds(z_sq.sqrt(), m1, m2, shift)
+        lower2 = m2 - self.u_out * m2.abs() - err
+        unsure = ~(upper1 < lower2)  # also true for NaN
+        if self.screen == "bf16":
+            unsure |= v1 < 0  # a negative (or -0) bf16 value breaks the int16 order: redo the row
+        rows = unsure.nonzero()[:, 0]
+        if rows.numel():
+            if self.screen == "bf16":
+                if self._fp32 is None:
+                    self._fp32 = _CodeSearch(self.e, "fp32", self.norms)
+                k1[rows] = self._fp32.search(z[rows].contiguous())
+            else:
+                k1[rows] = self._decide(z[rows], approx[rows], upper1[rows], err[rows])
+        return k1
+
+    def _err(self, nz: torch.Tensor, e_norm: torch.Tensor) -> torch.Tensor:
+        return self.c_prod * nz * e_norm + self.c_sq * (nz + e_norm) ** 2
+
+    def _bounds(self, nz, m1, m2, shift) -> tuple[torch.Tensor, torch.Tensor]:
+        """(upper bound on the best code's exact value, error bound A for any competing code).
+
+        A code's screening error grows with its norm, and a code within distance r of z has
+        norm <= |z| + r; so the bound uses min(max norm, |z| + sqrt(distance bound)).
+        """
+        e_max = torch.full_like(nz, self.e_max)
+        a_max = self._err(nz, e_max)
+        up = m1 + self.u_out * m1.abs() + a_max  # crude bound on the best code's value
+        e1 = torch.minimum(e_max, nz + (up + shift).clamp_min(0).sqrt())
+        upper1 = m1 + self.u_out * m1.abs() + self._err(nz, e1)
+        # any code whose exact value is <= upper1 has norm <= |z| + sqrt(upper1 + shift)
+        e2 = torch.minimum(e_max, nz + (upper1 + shift).clamp_min(0).sqrt() * (1 + 2 * _F32_EPS))
+        return upper1, self._err(nz, e2)
+
+    def _argmin(self, dist: torch.Tensor) -> torch.Tensor:
+        """Row argmin of ``dist`` [n, K] (lowest index on ties) via group minima."""
+        n = dist.shape[0]
+        grouped = dist.view(n, self.k // self.group, self.group)
+        best_group = grouped.amin(2).argmin(1)
+        cols = torch.arange(n, device=dist.device)
+        return best_group * self.group + grouped[cols, best_group].argmin(1)
+
+    def _two_smallest(self, keys: torch.Tensor, top: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per row of ``keys`` [n, K] (possibly a transposed view): argmin, min, second smallest."""
+        n = keys.shape[0]
+        cols = torch.arange(n, device=keys.device)
+        if keys.stride(1) == 1:  # codes contiguous
+            grouped = keys.view(n, self.k // self.group, self.group)
+            gmin = grouped.amin(2)  # [n, K / group]
+        else:  # [K, n] memory: reduce over the leading dimension, vectorised along vectors
+            grouped = keys.t().view(self.k // self.group, self.group, n)
+            gmin = grouped.amin(1).t()
+        if gmin.shape[1] > 1:
+            two = gmin.topk(2, dim=1, largest=False)
+            best_group, other = two.indices[:, 0], two.values[:, 1]
+        else:
+            best_group = torch.zeros(n, dtype=torch.long, device=keys.device)
+            other = torch.full_like(gmin[:, 0], top)
+        if keys.stride(1) == 1:
+            inside = grouped[cols, best_group]  # [n, group] (a copy)
+        else:
+            inside = grouped[best_group, :, cols]
+        j = inside.argmin(1)
+        v1 = inside[cols, j]
+        inside[cols, j] = top
+        return best_group * self.group + j, v1, torch.minimum(inside.amin(1), other)
+
+    def _decide(self, z: torch.Tensor, approx: torch.Tensor, upper1: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        """Exact argmin for rows of a float32 screen that were not certified."""
+        y = upper1 + err  # candidates j: lower(approx_j) = x - u|x| - A <= upper1
+        thr = torch.where(y >= 0, y / (1 - self.u_out), y / (1 + self.u_out)).float()
+        thr = torch.nextafter(thr, torch.full_like(thr, float("inf")))
+        mask = approx <= thr[:, None]
+        counts = mask.sum(1, dtype=torch.int32)
+        out = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+        idx = ((counts > 0) & (counts <= MAX_CANDIDATES)).nonzero()[:, 0]
+        if idx.numel():
+            pairs = mask[idx].nonzero()
+            r, k = idx[pairs[:, 0]], pairs[:, 1]
+            dist = ((z[r].double() - self.e[k].double()) ** 2).sum(1)
+            best = torch.full((z.shape[0],), float("inf"), dtype=torch.float64, device=z.device)
+            best.scatter_reduce_(0, r, dist, "amin")
+            win = torch.full((z.shape[0],), self.k, dtype=torch.long, device=z.device)
+            win.scatter_reduce_(0, r, torch.where(dist == best[r], k, self.k), "amin")
+            out[idx] = win[idx]
+        many = (counts > MAX_CANDIDATES).nonzero()[:, 0]
+        for start in range(0, many.numel(), DENSE_GROUP):
+            sel = many[start : start + DENSE_GROUP]
+            out[sel] = self._dense(z[sel])
+        # rows without any candidate hold non-finite values: token 0 (as argmin over NaN gives)
+        return out.clamp_(0, self.k - 1)
+
+    def _dense_setup(self) -> None:
+        if self._e64 is None:
+            e64 = self.e.double()
+            self._e64 = (e64, (e64 * e64).sum(1))
+
+    def _dense(self, z: torch.Tensor) -> torch.Tensor:
+        """Float64 argmin over the whole codebook for up to ``DENSE_GROUP`` rows."""
+        self._dense_setup()
+        e64, e64_sq = self._e64
+        m = z.shape[0]
+        z64 = torch.zeros(DENSE_GROUP, self.d, dtype=torch.float64, device=z.device)
+        z64[:m] = z
+        return self._argmin(torch.addmm(e64_sq, z64, e64.t(), beta=1.0, alpha=-2.0))[:m]
+
+
+def nearest_code(
+    z: torch.Tensor, codebook: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS, screen: str = "auto"
+) -> torch.Tensor:
     """Index of the nearest codebook row (squared L2) for each row of ``z``.
 
     Args:
-        z: ``[N, D]`` vectors; computed in float32.
-        codebook: ``[K, D]`` codes; computed in float32.
-        chunk_elements: upper bound on the elements of one ``[rows, K]`` distance block.
+        z: ``[N, D]`` vectors (any float dtype; searched as their float32 values).
+        codebook: ``[K, D]`` codes (searched as float32 values).
+        chunk_elements: bound on the elements of one ``[rows, K]`` distance block (memory: 2-8
+            bytes each, plus a bf16 or float64 copy of the codebook).
+        screen: ``"auto"``, ``"bf16"``, ``"fp32"`` or ``"f64"``: how distances are computed (see
+            :class:`_CodeSearch`); ``auto`` picks bf16 on CPUs with AVX512-BF16/AMX for
+            ``D >= 64``, else fp32. It changes the speed only, never the result.
 
     Returns:
-        LongTensor ``[N]`` in ``[0, K)``. Ties go to the lowest index.
+        LongTensor ``[N]`` in ``[0, K)``: the exact nearest code of each float32 vector, i.e. what
+        a float64 brute-force argmin gives (ties go to the lowest index). Non-finite rows get 0.
 
-    Every block has the same number of rows (the last one is zero-padded), so a vector's
-    distances are computed by the same kernel call shape whatever the batch size: tokens do not
-    change with how many images are encoded together.
+    Each vector's token is decided from that vector alone, so it does not depend on which or how
+    many other vectors are searched with it.
     """
-    z = z.float()
-    codebook = codebook.float()
-    n, k = z.shape[0], codebook.shape[0]
-    rows = max(1, min(MAX_ROWS, chunk_elements // k))
-    e_sq = codebook.pow(2).sum(1)  # [K]; |z|^2 is constant per row and does not change the argmin
-    e_t = codebook.t()
-    out = torch.empty(n, dtype=torch.long, device=z.device)
-    for start in range(0, n, rows):
-        block = z[start : start + rows]
-        m = block.shape[0]
-        if m < rows:
-            block = torch.cat([block, block.new_zeros(rows - m, block.shape[1])])
-        dist = torch.addmm(e_sq, block, e_t, beta=1.0, alpha=-2.0)
-        out[start : start + m] = dist.argmin(1)[:m]
-    return out
+    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1] or codebook.shape[0] == 0:
+        raise ValueError(f"expected z [N, D] and codebook [K, D], K > 0; got {tuple(z.shape)} and {tuple(codebook.shape)}")
+    if screen not in ("auto", "bf16", "fp32", "f64"):
+        raise ValueError(f"screen must be 'auto', 'bf16', 'fp32' or 'f64', got {screen!r}")
+    with torch.no_grad(), _no_autocast(z.device):
+        e = codebook.detach().to(device=z.device, dtype=torch.float32).contiguous()
+        if screen == "auto":
+            d, cpu = e.shape[1], z.device.type == "cpu"
+            screen = "bf16" if cpu and d >= BF16_MIN_DIM and _cpu_has_fast_bf16() else "fp32"
+        search = _CodeSearch(e, screen)
+        z = z.detach().float()
+        rows = search.rows(chunk_elements)
+        out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+        for start in range(0, z.shape[0], rows):
+            out[start : start + rows] = search.search(z[start : start + rows].contiguous())
+        return out
 
 
 class QuantizerOutput(NamedTuple):
@@ -143,7 +395,7 @@ class GumbelQuantizer(nn.Module):
 
     def codes_to_indices(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, num_hiddens, h, w]`` -> ``[B, h, w]`` int64 (argmax of the float32 logits)."""
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(h.device):  # float32 logits even under autocast
             # One image at a time: logits are [K, h, w] per image, bounded for big codebooks.
             return torch.stack(
                 [F.conv2d(x[None].float(), self.proj.weight.float(), self.proj.bias.float()).argmax(1)[0] for x in h]
