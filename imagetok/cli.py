@@ -73,6 +73,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     levels, meta = load_tokens(args.tokens)
     model = args.model or meta.get("model")
+    if not model:  # never guess: another model's decoder would turn the ids into a wrong image
+        raise InputError(f"{args.tokens} does not name the model that encoded it (.npy has no metadata); pass --model")
     tok = _load(model)
     if meta.get("config_hash") and meta["config_hash"] != _hash(tok):
         raise InputError(
@@ -82,9 +84,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     images = tok.decode(levels if len(levels) > 1 else levels[0], output="pil")
     paths = _output_paths(args.output, len(images), meta.get("images"))
     for img, path in zip(images, paths):
-        img.save(path)
+        _save_image(img, path)
     print(f"wrote {len(paths)} image(s): {', '.join(map(str, paths))}", file=sys.stderr)
     return 0
+
+
+def _save_image(img, path) -> None:
+    try:
+        img.save(path)
+    except (ValueError, KeyError) as e:  # PIL: unknown extension or unsupported mode for the format
+        raise InputError(f"{path}: cannot write an image file there ({e}); use e.g. .png or .jpg") from None
 
 
 def _hash(tok) -> str:
@@ -102,7 +111,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     y = tok.decode_pixels(tok.encode_pixels(x))
     from .image import from_tensor
 
-    from_tensor(y, "pil")[0].save(args.output)
+    _save_image(from_tensor(y, "pil")[0], args.output)
     res = {"image": str(args.image), "output": str(args.output), "psnr": round(float(psnr(x, y)[0]), 3), "ssim": round(float(ssim(x, y)[0]), 4)}
     print(json.dumps(res))
     return 0
@@ -125,6 +134,197 @@ def cmd_info(args: argparse.Namespace) -> int:
     }
     print(json.dumps(info, indent=2))
     return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Codebook usage over image folders/files or token files; or compare saved reports."""
+    from . import usage
+    from .tokenfile import SUFFIXES
+
+    if args.compare:
+        if args.paths:
+            raise InputError("pass either PATH... to measure or --compare REPORT.json..., not both")
+        labels = [Path(p).stem for p in args.compare]
+        labels = labels if len(set(labels)) == len(labels) else [str(p) for p in args.compare]
+        print(usage.compare_usage([usage.DatasetUsage.load(p) for p in args.compare], labels), end="")
+        return 0
+    if not args.paths:
+        raise InputError("give image folders or files, token files (.safetensors/.json/.npy), or --compare")
+    if args.plot:
+        usage.require_matplotlib()  # fail before a long run, not after it
+    progress = not args.no_progress and sys.stderr.isatty()
+    is_tokens = [p.suffix.lower() in SUFFIXES and p.is_file() for p in args.paths]
+    if all(is_tokens):
+        tok = _load(args.model) if args.model else None  # token files name their model
+        result = usage.usage_from_token_files(args.paths, tokenizer=tok, progress=progress, top=args.top)
+    elif any(is_tokens):
+        raise InputError("pass either token files (.safetensors/.json/.npy) or images/folders, not both")
+    else:
+        tok = _load(args.model)
+        size = None if args.size == 0 else (args.size or tok.default_size)
+        result = tok.codebook_usage([str(p) for p in args.paths], size=size, batch_size=args.batch_size,
+                                    progress=progress, top=args.top)
+    if args.json == "-":
+        print(json.dumps(result.to_dict()))
+        print(result.table(), end="", file=sys.stderr)
+    else:
+        print(result.table(), end="")
+        if args.json:
+            print(f"wrote {result.save(args.json)}", file=sys.stderr)
+    if args.plot:
+        print(f"wrote {result.plot(args.plot)}", file=sys.stderr)
+    if args.remap:
+        print(f"wrote {usage.save_remap(result, args.remap)}", file=sys.stderr)
+    if result.skipped_count:
+        print(f"imagetok usage: {result.skipped_count} input(s) could not be read and were skipped "
+              f"(listed in the JSON report); first: {result.skipped[0][1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _usage_parser(sub) -> None:
+    p = sub.add_parser("usage", help="codebook usage report over images or token files",
+                       description="Exact codebook usage over image folders/files or token files from "
+                       "`imagetok encode -o` (which need no --model). Exit status 1 if any input was skipped.")
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="image folders/files, or token files")
+    _model_arg(p)
+    p.add_argument("--json", metavar="FILE", help="write the JSON report (- for stdout; the table goes to stderr)")
+    p.add_argument("--plot", metavar="FILE.png", help="write usage plots as PNG (needs matplotlib)")
+    p.add_argument("--compare", nargs="+", metavar="REPORT.json", help="compare saved --json reports in one table")
+    p.add_argument("--remap", metavar="FILE.json", help="write a renumbering that drops unused codes")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    p.add_argument("--top", type=int, default=10, help="most frequent codes to list in the JSON (default 10)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.set_defaults(func=cmd_usage)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert an original checkpoint (taming, diffusers, LlamaGen, rosinality) to an imagetok folder."""
+    from .convert import convert
+
+    tok = convert(args.src, from_format=args.from_format, config=args.config, out=args.out,
+                  use_ema=args.ema, trust_pickle=args.trust_pickle)
+    c = tok.config
+    print(f"wrote {args.out}: {c.family}, codebook(s) {list(c.codebook_sizes)}, factor(s) {list(c.downsample_factors)}, "
+          f"resolution {c.resolution}", file=sys.stderr)
+    return 0
+
+
+def _convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert an original checkpoint to an imagetok model folder",
+                       description="Convert a taming/LDM .ckpt, diffusers VQModel folder, LlamaGen .pt or rosinality "
+                       "VQ-VAE-2 .pt into an imagetok folder (config.json, model.safetensors, README.md). Files are "
+                       "read without unpickling code; the model card lists what was assumed.")
+    p.add_argument("src", type=Path, help="checkpoint file, or a diffusers folder")
+    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality"])
+    p.add_argument("--config", type=Path, default=None,
+                   help="the original's config (.json/.yaml): taming model.yaml, diffusers config.json, "
+                   "LlamaGen ModelArgs, rosinality kwargs (default: read from tensor shapes)")
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights (taming model_ema.*, LlamaGen 'ema')")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load checkpoints that need pickle globals beyond the allow-list (runs code from the file)")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the published tokenizers of the weights manifest."""
+    from . import registry
+
+    names = registry.list_pretrained(args.filter)
+    if not names:
+        close = registry.closest_names(args.filter or "")
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise InputError(f"no pretrained model matches {args.filter!r} (globs like 'vqgan-f16-*' work){hint}")
+    entries = [registry.get_entry(n) for n in names]
+    if args.json:
+        print(json.dumps([registry.entry_to_dict(e) for e in entries], indent=2))
+    elif args.markdown:
+        print(registry.markdown_table(entries), end="")
+    else:
+        rows = [("name", "tokens @ px", "vocab", "params", "weights")]
+        for e in entries:
+            rows.append((
+                e.name,
+                " + ".join(f"{h}x{w}" for h, w in e.tokens.grids) + f" @ {e.preprocess.size}",
+                " + ".join(map(str, e.tokens.vocab_sizes)),
+                f"{e.num_params / 1e6:.1f}M",
+                {"hub": e.source.repo_id, "url": "manual download"}.get(e.source.kind, e.source.kind),
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a saved model folder to the Hugging Face Hub."""
+    from . import hub
+
+    url = hub.push_folder(
+        args.folder, args.repo_id, branch=args.branch, private=args.private or None,
+        create_pr=args.create_pr, commit_message=args.message, token=args.token,
+    )
+    print(url)
+    return 0
+
+
+def _hub_parsers(sub) -> None:
+    p = sub.add_parser("list", help="list the pretrained tokenizers in the weights manifest")
+    p.add_argument("--filter", "-f", default=None, help="glob on the name, e.g. 'vqgan-f16-*'")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="full manifest entries as JSON")
+    fmt.add_argument("--markdown", action="store_true", help="a Markdown table (as in the README)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("push", help="upload a model folder (config.json + model.safetensors) to the Hub",
+                       description="Validate a saved model folder and upload config.json, model.safetensors and "
+                       "README.md (generated if missing) to a Hugging Face Hub model repo.")
+    p.add_argument("folder", type=Path, metavar="DIR")
+    p.add_argument("repo_id", metavar="REPO_ID", help="org/name; created if missing")
+    p.add_argument("--branch", default=None, help="commit to this branch (created from main if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    p.add_argument("--message", "-m", default=None, help="commit message")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
+    p.set_defaults(func=cmd_push)
+
+
+def _tokenize_dataset_parser(sub) -> None:
+    from . import tokenize_dataset as td
+
+    p = sub.add_parser("tokenize-dataset", help="tokenize an image folder/list/.tar shards into Parquet shards",
+                       description="Tokenize every image of SRC into Parquet shards for LLM training (resumable; "
+                       "torchrun --nproc-per-node N -m imagetok.tokenize_dataset ... splits the work). Exit status: "
+                       "0 all images tokenized, 3 complete but some images failed (see errors.jsonl), 1 error.")
+    td.add_arguments(p)
+    p.set_defaults(func=td.run_from_args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train or fine-tune from a JSON train config (imagetok.train); resumes from out_dir's checkpoint."""
+    import logging
+
+    from .train import train
+
+    logging.basicConfig(level=logging.INFO, format="imagetok train: %(message)s")
+    overrides = {k: v for k, v in (("steps", args.steps), ("out_dir", args.out_dir)) if v is not None}
+    out = train(args.config, **overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out)
+    return 0
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a tokenizer on a folder of images",
+                       description="Train (model: {...}) or fine-tune (init_from: NAME) from a JSON train config; "
+                       "re-running resumes from out_dir/checkpoint.pt. Ctrl-C saves a checkpoint. Several processes: "
+                       "torchrun --nproc-per-node N -m imagetok train --config train.json. Prints the exported model folder.")
+    p.add_argument("--config", "-c", required=True, type=Path, help="train config JSON (see examples/train_example.json)")
+    p.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    p.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    p.set_defaults(func=cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a model")
     _model_arg(p)
     p.set_defaults(func=cmd_info)
+    _usage_parser(sub)
+    _convert_parser(sub)
+    _hub_parsers(sub)
+    _tokenize_dataset_parser(sub)
+    _train_parser(sub)
     return parser
 
 

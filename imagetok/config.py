@@ -190,10 +190,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
     data = dict(data)
     family = data.pop("family", None)
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ConfigError(f"config 'family' must be one of {sorted(FAMILIES)}, got {family!r}")
     version = data.pop("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ConfigError(
             f"config format_version {version!r} is not supported (this imagetok reads {FORMAT_VERSION})"
         )
@@ -208,7 +208,20 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     kwargs = {k: _coerce(cls, k, hints[k], v) for k, v in data.items()}
     cfg = cls(**kwargs)
     cfg._check()
+    _check_common(cfg)
     return cfg
+
+
+def _check_common(cfg: Any) -> None:
+    lo, hi = cfg.input_range
+    if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
+        raise ConfigError(f"input_range must be [low, high] with low < high, got {list(cfg.input_range)}")
+    factor = max(cfg.downsample_factors)
+    if cfg.resolution % factor:
+        raise ConfigError(
+            f"resolution {cfg.resolution} must be a multiple of the downsampling factor {factor} "
+            "(it is the default image size)"
+        )
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

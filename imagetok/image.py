@@ -8,7 +8,10 @@ Accepted inputs (one image or a list of them):
   in [0, 1];
 - a torch tensor ``CxHxW`` or ``BxCxHxW`` with C in {1, 3}; uint8 (0..255) or float in [0, 1].
 
-Alpha is composited onto white; grayscale is repeated to RGB. Every image is then resized so its
+Alpha is composited onto white; grayscale is repeated to RGB; files are turned upright by their EXIF
+orientation; float images whose values are exactly 8-bit levels (``uint8 / 255``, as from
+``ToTensor``) are treated as the uint8 image, so they give the same tokens as the file they came
+from. Every image is then resized so its
 shorter side is ``size`` (bicubic, antialiased) and centre-cropped to ``size x size``; with
 ``size=None`` it keeps its own size, centre-cropped to a multiple of the model's downsampling factor.
 The result is float32 ``[B, 3, H, W]`` in [0, 1].
@@ -16,6 +19,7 @@ The result is float32 ``[B, 3, H, W]`` in [0, 1].
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -23,49 +27,100 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file.
+def load_image(path: str | os.PathLike, *, draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode an image file (see :func:`read_image` for ``draft_size``).
 
     Raises:
         InputError: missing file, a directory, not an image, truncated/corrupt data, zero size,
             or more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (decompression-bomb guard).
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    if p.is_dir():
-        raise InputError(f"{p}: is a directory, expected an image file")
+    return read_image(path, draft_size=draft_size)[0]
+
+
+def read_image(
+    source: str | os.PathLike | bytes, *, name: str | None = None, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Open and fully decode an image from a path or from the bytes of an image file.
+
+    Args:
+        source: a path, or the encoded file's bytes (e.g. a member of a .tar shard).
+        name: what error messages call the image (default: the path, or ``"<bytes>"``).
+        draft_size: when set and the file is a JPEG whose shorter side is at least
+            ``2 * draft_size``, the decoder downscales by 1/2, 1/4 or 1/8 while decoding (DCT scaling,
+            PIL ``draft``) so the decoded shorter side stays >= ``draft_size``: 2-4x faster, and the
+            later resize to ``draft_size`` sees slightly different (not worse) pixels.
+
+    Returns:
+        (image, (width, height) of the upright image at full resolution, before any draft scaling).
+
+    Raises:
+        InputError: as :func:`load_image`.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        fp: Any = io.BytesIO(source)
+        label = name or "<bytes>"
+    else:
+        fp = Path(source)
+        label = name or str(fp)
+        if not fp.exists():
+            raise InputError(f"{label}: no such file")
+        if fp.is_dir():
+            raise InputError(f"{label}: is a directory, expected an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(fp) as im:
+                original = im.size
+                if draft_size and im.format == "JPEG" and min(im.size) >= 2 * draft_size:
+                    im.draft(None, (draft_size, draft_size))
                 im.load()
-                img = im.copy() if im.mode != "P" else im.convert("RGBA")
+                img = _exif_upright(im)
+                if img.size != im.size:  # turned by 90 degrees: report the upright size
+                    original = original[::-1]
+                img = img if img.mode != "P" else img.convert("RGBA")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{p}: image too large ({e}); raise PIL.Image.MAX_IMAGE_PIXELS to allow it") from None
+        raise InputError(f"{label}: image too large ({e}); raise PIL.Image.MAX_IMAGE_PIXELS to allow it") from None
     except UnidentifiedImageError:
-        raise InputError(f"{p}: not an image file PIL can read") from None
+        raise InputError(f"{label}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{p}: corrupt or truncated image ({e})") from None
+        raise InputError(f"{label}: corrupt or truncated image ({e})") from None
     if img.width == 0 or img.height == 0:
-        raise InputError(f"{p}: image has zero size {img.size}")
-    return img
+        raise InputError(f"{label}: image has zero size {img.size}")
+    return img, original
+
+
+def _exif_upright(im: Image.Image) -> Image.Image:
+    """A copy of ``im`` rotated/flipped as its EXIF orientation says (unreadable EXIF is ignored)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a damaged EXIF block: use the pixels as stored, as other readers do
+        return im.copy()
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
     """Any PIL mode -> HxWx3 uint8, or float32 in [0, 1] for high-bit-depth modes."""
     if img.width == 0 or img.height == 0:
         raise InputError(f"image has zero size {img.size}")
+    try:
+        img.load()  # a lazily opened PIL image decodes here
+        return _pil_mode_to_array(img)
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"cannot read PIL image of mode {img.mode!r} as RGB ({e})") from None
+
+
+def _pil_mode_to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return _rgb(np.asarray(img, dtype=np.float32) / 65535.0)
+        return _uint16_to_rgb(np.asarray(img).astype(np.uint16))
     if mode == "I":
         a = np.asarray(img, dtype=np.float64)
         # 32-bit integer images are usually 16-bit data stored wide; scale by the range in use.
@@ -84,6 +139,9 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
 
 
 def _check_float(a: np.ndarray) -> np.ndarray:
+    """Validate a float image in [0, 1]; returns float32, or uint8 when every value is an 8-bit level."""
+    if a.size == 0:
+        raise InputError(f"image has zero size, shape {a.shape}")
     if not np.isfinite(a).all():
         raise InputError("image contains NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
@@ -91,7 +149,11 @@ def _check_float(a: np.ndarray) -> np.ndarray:
         hint = " (it looks like [-1, 1]: pass (x + 1) / 2)" if lo < 0 else ""
         hint = hint or (" (it looks like 0..255: pass uint8 or x / 255)" if hi > 1.5 else "")
         raise InputError(f"float image values must lie in [0, 1], got min {lo:.4g}, max {hi:.4g}{hint}")
-    return a.clip(0, 1).astype(np.float32, copy=False)
+    a = a.clip(0, 1).astype(np.float32, copy=False)
+    levels = np.rint(a * 255)
+    if np.abs(a * 255 - levels).max() <= 1e-3:  # losslessly 8-bit (e.g. uint8 / 255): same as uint8
+        return levels.astype(np.uint8)
+    return a
 
 
 def _rgb(a: np.ndarray) -> np.ndarray:
@@ -113,11 +175,20 @@ def _rgb(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _uint16_to_rgb(a: np.ndarray) -> np.ndarray:
+    """16-bit -> float32 ``v / 65535``; an 8-bit image stored as 16 bits (``v * 257``) -> its uint8."""
+    if not (a % 257).any():
+        return _rgb((a // 257).astype(np.uint8))
+    return _rgb(a.astype(np.float32) / 65535.0)
+
+
 def _array_to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.size == 0:
+        raise InputError(f"image has zero size, shape {a.shape}")
     if a.dtype == np.uint8:
         return _rgb(a)
     if a.dtype == np.uint16:
-        return _rgb(a.astype(np.float32) / 65535.0)
+        return _uint16_to_rgb(a)
     if a.dtype == np.bool_:
         return _rgb(a.astype(np.uint8) * 255)
     if np.issubdtype(a.dtype, np.floating):
@@ -132,6 +203,8 @@ def _tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
             f"expected a tensor image CxHxW or BxCxHxW with C in (1, 3), got shape {tuple(t.shape)}"
         )
     t = t.detach().cpu()
+    if t.numel() == 0:
+        raise InputError(f"image has zero size, shape {tuple(t.shape)}")
     if t.dtype == torch.uint8:
         return _rgb(t.permute(1, 2, 0).numpy())
     if t.is_floating_point():
@@ -139,28 +212,31 @@ def _tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
     raise InputError(f"tensor images must be uint8 (0..255) or float in [0, 1], got {t.dtype}")
 
 
-def to_rgb_arrays(images: Any) -> tuple[list[np.ndarray], bool, list[str | None]]:
+def to_rgb_arrays(images: Any, *, draft_size: int | None = None) -> tuple[list[np.ndarray], bool, list[str | None]]:
     """Normalise any accepted input to a list of HxWx3 arrays (uint8 or float32 in [0, 1]).
 
     Returns:
         (arrays, is_batch, names): ``is_batch`` is False for a single image; ``names`` holds the
-        file path of each image that came from a path, else None.
+        file path of each image that came from a path, else None. ``draft_size`` is passed to
+        :func:`load_image` for paths (JPEG draft decoding, see :func:`read_image`).
     """
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise InputError("got an empty list of images")
         out, names = [], []
         for item in images:
-            arrs, batch, nm = to_rgb_arrays(item)
+            arrs, batch, nm = to_rgb_arrays(item, draft_size=draft_size)
             if batch:
                 raise InputError("a list of images must hold single images, not batches")
             out += arrs
             names += nm
         return out, True, names
     if isinstance(images, (str, os.PathLike)):
-        return [_pil_to_array(load_image(images))], False, [str(images)]
+        return [_pil_to_array(load_image(images, draft_size=draft_size))], False, [str(images)]
     if isinstance(images, Image.Image):
         return [_pil_to_array(images)], False, [None]
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4 and len(images) == 0:
+        raise InputError(f"got an empty batch of images, shape {tuple(images.shape)}")
     if isinstance(images, np.ndarray):
         if images.ndim == 4:
             return [_array_to_rgb(a) for a in images], True, [None] * len(images)

@@ -43,6 +43,7 @@ CROP_MODES = ("center", "none")
 INTERPOLATIONS = ("bilinear", "bicubic", "lanczos", "box-then-bicubic", None)
 METRIC_KEYS = (
     "rfid", "fid_vs_train", "fid_vs_val", "psnr", "psnr_std", "ssim", "lpips", "inception_score", "codebook_usage",
+    "perplexity",
 )
 NAME_RE = re.compile(r"^(?P<arch>[a-z0-9]+(?:-[a-z0-9]+)*)\.(?P<tag>[a-z0-9]+(?:-[a-z0-9]+)*)$")
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
