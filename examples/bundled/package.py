@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,15 @@ from imagetok.tokenizer import BUNDLED_DIR, BUNDLED_NAME
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
+
+
+def _cpu() -> str:
+    """E.g. "2 x Intel(R) Xeon(R) Processor" (Linux), else the platform's processor string."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        return f"{len(names)} x {names[0]}"
+    except (OSError, IndexError):
+        return platform.processor() or "an unknown CPU"
 
 
 def _training_summary(run: Path) -> dict:
@@ -87,7 +97,7 @@ def main() -> None:
             f"  {args.hours:.1f} h on one CPU thread (about {summary['mean_steps_per_s']} steps/s on a shared 2-core machine).",
             "  The data set is rebuilt byte-identically by examples/bundled/build_dataset.py.",
             f"- Speed: encode + decode of one 256x256 image takes {lat['encode_decode_256_median_s']:.2f} s (median; best "
-            f"{lat['encode_decode_256_best_s']:.2f} s) with {lat['threads']} torch threads on a 2-core AMD EPYC (load {lat['loadavg_1min']}).",
+            f"{lat['encode_decode_256_best_s']:.2f} s) with {lat['threads']} torch threads on {_cpu()} (load {lat['loadavg_1min']}).",
             "- Weights licence: CC-BY-SA-4.0, following the share-alike terms of part of the training images.",
         ]
     )
