@@ -1,8 +1,8 @@
-"""Codebook health: initialisation from data, dead-code restarts, usage statistics.
+"""Codebook health: initialisation from data, EMA updates, dead-code restarts, usage statistics.
 
 These are the only functions that write a codebook outside the optimiser. Under
-torch.distributed, counts are all-reduced and replacements are drawn on rank 0 and broadcast, so
-every rank keeps an identical codebook.
+torch.distributed, counts and EMA statistics are all-reduced and replacements are drawn on rank 0
+and broadcast, so every rank keeps an identical codebook.
 """
 
 from __future__ import annotations
@@ -18,6 +18,18 @@ from ..models.quantizer import VectorQuantizer
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (via the GPU for NCCL, which cannot reduce CPU tensors)."""
+    if _distributed():
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            tmp = t.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(tmp)
+            t.copy_(tmp.to(t.device))
+        else:
+            dist.all_reduce(t)
+    return t
 
 
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -87,10 +99,8 @@ class UsageTracker:
         self.counts += torch.bincount(indices.flatten().cpu(), minlength=self.counts.numel())
 
     def reduced(self) -> torch.Tensor:
-        c = self.counts.clone()
-        if _distributed():
-            dist.all_reduce(c)
-        return c
+        """Counts summed over all ranks (a copy)."""
+        return _all_reduce(self.counts.clone())
 
     def stats(self) -> dict[str, float]:
         """Fraction of codes used and perplexity of the counts since the last reset (all ranks)."""
@@ -101,9 +111,11 @@ class UsageTracker:
         p = c[c > 0] / total
         return {"usage": float((c > 0).double().mean()), "perplexity": math.exp(float(-(p * p.log()).sum()))}
 
-    def restart_dead(self, quantizer: VectorQuantizer, latents: torch.Tensor, seed: int) -> int:
-        """Re-seed codes unused since the last reset with random rows of ``latents`` ``[N, D]``;
-        returns how many were restarted and resets the counts."""
+    def restart_dead(self, quantizer: VectorQuantizer, latents: torch.Tensor, seed: int, ema: EMACodebook | None = None) -> int:
+        """Re-seed codes unused since the last reset with random rows of ``latents`` ``[N, D]``
+        (gathered from every rank); returns how many were restarted and resets the counts.
+
+        With ``ema``, the restarted codes' EMA statistics restart from the new values too."""
         dead = (self.reduced() == 0).nonzero().flatten()
         n_dead = int(dead.numel())
         if n_dead:
@@ -114,5 +126,64 @@ class UsageTracker:
             if quantizer.norm == "l2":
                 pick = F.normalize(pick, dim=1)
             _set_rows(quantizer, dead.to(quantizer.embedding.weight.device), pick.to(quantizer.embedding.weight.device))
+            if ema is not None:
+                ema.reset_rows(dead, quantizer.embedding.weight.detach()[dead.to(quantizer.embedding.weight.device)])
         self.counts.zero_()
         return n_dead
+
+
+class EMACodebook:
+    """Exponential-moving-average codebook updates (van den Oord et al. 2017, appendix A.1;
+    Razavi et al. 2019), used instead of the codebook loss.
+
+    Per code k: ``N_k <- d N_k + (1 - d) n_k`` and ``m_k <- d m_k + (1 - d) sum of the latents
+    assigned to k``; the code becomes ``m_k / N~_k`` with Laplace-smoothed counts
+    ``N~_k = (N_k + eps) / (sum N + K eps) * sum N``. The statistics start at ``N_k = 1``,
+    ``m_k = e_k`` (so unused codes stay where they are instead of drifting to 0 or blowing up).
+    Accumulate every micro-batch with :meth:`accumulate`, then :meth:`step` once per optimiser
+    step; under torch.distributed the batch statistics are all-reduced first, so every rank
+    computes the same codebook.
+    """
+
+    def __init__(self, quantizer: VectorQuantizer, decay: float, eps: float = 1e-5):
+        w = quantizer.embedding.weight.detach().float()
+        self.decay, self.eps = decay, eps
+        self.cluster_size = torch.ones(w.shape[0], device=w.device)
+        self.embed_sum = w.clone()
+        self._counts = torch.zeros_like(self.cluster_size)
+        self._sums = torch.zeros_like(self.embed_sum)
+
+    def accumulate(self, latents: torch.Tensor, indices: torch.Tensor) -> None:
+        """Add one micro-batch: ``latents`` ``[N, D]`` (float32, as compared with the codes) and
+        their code ``indices`` ``[N]`` int64."""
+        idx = indices.flatten().to(self._counts.device)
+        self._counts += torch.bincount(idx, minlength=self._counts.numel()).float()
+        self._sums.index_add_(0, idx, latents.detach().float().to(self._sums.device))
+
+    @torch.no_grad()
+    def step(self, quantizer: VectorQuantizer) -> None:
+        """Fold the accumulated batch statistics (summed over ranks) into the EMA and write the codebook."""
+        counts, sums = _all_reduce(self._counts), _all_reduce(self._sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        k = self.cluster_size.numel()
+        smoothed = (self.cluster_size + self.eps) / (n + k * self.eps) * n
+        quantizer.embedding.weight.copy_((self.embed_sum / smoothed[:, None]).to(quantizer.embedding.weight.dtype))
+        self._counts.zero_()
+        self._sums.zero_()
+
+    def reset_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Restart codes ``rows`` at ``values`` ``[len(rows), D]`` with a count of 1."""
+        rows = rows.to(self.cluster_size.device)
+        self.cluster_size[rows] = 1.0
+        self.embed_sum[rows] = values.float().to(self.embed_sum.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"cluster_size": self.cluster_size, "embed_sum": self.embed_sum}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["cluster_size"].shape != self.cluster_size.shape or state["embed_sum"].shape != self.embed_sum.shape:
+            raise ValueError("EMA codebook statistics do not match the codebook shape")
+        self.cluster_size = state["cluster_size"].float().to(self.cluster_size.device)
+        self.embed_sum = state["embed_sum"].float().to(self.embed_sum.device)

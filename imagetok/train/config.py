@@ -53,8 +53,9 @@ class TrainConfig:
     disc_weight: float = 0.0  # PatchGAN generator loss weight (0 = no discriminator)
     disc_start: int = 0  # step at which the GAN loss switches on
     disc_loss: str = "hinge"  # "hinge" | "non_saturating"
-    disc_layers: int = 3
-    disc_lr: Optional[float] = None  # default: lr
+    disc_layers: int = 3  # taming NLayerDiscriminator n_layers
+    disc_channels: int = 64  # taming NLayerDiscriminator ndf
+    disc_lr: Optional[float] = None  # default: lr (same warm-up/cosine schedule)
     # codebook health
     codebook_init: str = "sample"  # "sample" | "kmeans++" | "none": initialise codes from encoder outputs
     codebook_ema: bool = False  # EMA codebook updates (VQ-VAE-2 style) instead of the codebook loss
@@ -63,6 +64,7 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     num_threads: int = 0  # torch threads per process (0 = leave torch's default)
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N"; torchrun: cuda:LOCAL_RANK
     log_every: int = 10
     eval_every: int = 500
     save_every: int = 200
@@ -84,6 +86,24 @@ class TrainConfig:
             raise ConfigError(f"codebook_init must be 'sample', 'kmeans++' or 'none', got {self.codebook_init!r}")
         if self.scale_range is not None and not (0 < self.scale_range[0] <= self.scale_range[1]):
             raise ConfigError(f"scale_range must be [lo, hi] with 0 < lo <= hi, got {list(self.scale_range)}")
+        for name in ("l1_weight", "l2_weight", "ssim_weight", "perceptual_weight", "codebook_weight", "commitment_beta",
+                     "disc_weight", "weight_decay", "grad_clip", "warmup_steps", "disc_start", "restart_every", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train config {name!r} must be >= 0, got {getattr(self, name)}")
+        for name in ("ema_decay", "codebook_ema_decay", "betas"):
+            values = getattr(self, name) if name == "betas" else (getattr(self, name),)
+            if not all(0 <= v < 1 for v in values):
+                raise ConfigError(f"train config {name!r} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train config 'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        if self.codebook_ema and not 0 < self.codebook_ema_decay < 1:
+            raise ConfigError(f"codebook_ema_decay must be in (0, 1), got {self.codebook_ema_decay}")
+        if self.disc_layers < 1 or self.disc_channels < 1:
+            raise ConfigError(f"disc_layers and disc_channels must be >= 1, got {self.disc_layers}, {self.disc_channels}")
+        if self.disc_lr is not None and self.disc_lr <= 0:
+            raise ConfigError(f"train config 'disc_lr' must be > 0, got {self.disc_lr}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.perceptual_weight > 0 and not self.perceptual_weights:
             raise ConfigError("perceptual_weight > 0 needs 'perceptual_weights' (no weights can be downloaded)")
 
@@ -113,7 +133,8 @@ class TrainConfig:
             raise ConfigError(f"{p}: train config not found") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{p}: not valid JSON ({e})") from None
-        data.pop("//", None)  # room for a comment in JSON
+        if isinstance(data, dict):  # keys starting with "//" are comments
+            data = {k: v for k, v in data.items() if not k.startswith("//")}
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

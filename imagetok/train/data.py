@@ -72,7 +72,8 @@ class ImageFolder:
         if self.skipped:
             log.warning("skipped %d unusable image(s) in %s", len(self.skipped), folder)
         if not self.files:
-            raise InputError(f"{folder}: none of the images is usable for crops of {crop_size}px: {self.skipped}")
+            first = "; ".join(f"{k}: {v}" for k, v in list(self.skipped.items())[:3])
+            raise InputError(f"{folder}: none of the {len(self.skipped)} image(s) is usable for crops of {crop_size}px ({first}...)")
 
     def __len__(self) -> int:
         return len(self.files)
