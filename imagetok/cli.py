@@ -16,10 +16,14 @@ from typing import Callable
 from .errors import ImagetokError, InputError
 
 
-def _load(model: str | None):
+def _load(model: str | None, fast: bool = False):
     from .tokenizer import Tokenizer
 
-    return Tokenizer.from_pretrained(model)
+    return Tokenizer.from_pretrained(model, fast=fast)
+
+
+def _fast_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fast", action="store_true", help="bf16 autocast + channels_last network, float32 code search (faster; tokens may differ slightly)")
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -33,7 +37,7 @@ def _levels(tokens) -> tuple:
 def cmd_encode(args: argparse.Namespace) -> int:
     from .tokenfile import save_tokens
 
-    tok = _load(args.model)
+    tok = _load(args.model, args.fast)
     size = None if args.size == 0 else (args.size or tok.default_size)
     levels = _levels(tok.encode([str(p) for p in args.images], size=size))
     names = [str(p) for p in args.images]
@@ -105,7 +109,7 @@ def _hash(tok) -> str:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .metrics import psnr, ssim
 
-    tok = _load(args.model)
+    tok = _load(args.model, args.fast)
     size = None if args.size == 0 else (args.size or tok.default_size)
     x, _ = tok.preprocess(str(args.image), size=size)
     y = tok.decode_pixels(tok.encode_pixels(x))
@@ -336,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("-o", "--output", help="write tokens to .safetensors/.json/.npy instead of printing JSON")
     p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    _fast_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode a token file to image(s)")
@@ -349,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     _model_arg(p)
     p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    _fast_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("info", help="describe a model")

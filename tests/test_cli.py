@@ -57,6 +57,18 @@ def test_encode_prints_json(capsys, setup):
         assert torch.equal(torch.tensor(e["tokens"]), ref[i])
 
 
+def test_encode_fast_flag_uses_the_fast_path(capsys, setup):
+    """--fast runs the bf16 network: same grid, tokens mostly equal to float32, equal to tok.fast."""
+    model, tok, paths = setup
+    code, out, _ = run(capsys, "encode", *paths, "--model", model, "--fast")
+    assert code == 0
+    got = torch.stack([torch.tensor(e["tokens"]) for e in json.loads(out)["images"]])
+    exact = tok.encode([str(p) for p in paths])
+    tok.fast = True
+    assert torch.equal(got, tok.encode([str(p) for p in paths]))
+    assert got.shape == exact.shape and (got == exact).float().mean() >= 0.7
+
+
 def test_encode_size_options(capsys, setup):
     model, tok, paths = setup
     code, out, _ = run(capsys, "encode", paths[0], "-m", model, "--size", "64")
