@@ -2,7 +2,7 @@
 
 Run from the repository root after training:
 
-    python examples/bundled/package.py --run examples/bundled/out --data examples/bundled/data/photos --hours H
+    python examples/bundled/package.py --run examples/bundled/out_stage2 --data examples/bundled/data/photos --hours H
 
 Stores the weights as float16 (the package limit is 40 MB), then evaluates exactly that stored
 model with benchmarks/eval_bundled.py, and writes imagetok/bundled/{config.json,
@@ -47,7 +47,7 @@ def _training_summary(run: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="the training out_dir (holds model/ and metrics.jsonl)")
+    ap.add_argument("--run", type=Path, required=True, help="the last stage's out_dir (holds model/); stages are found beside it")
     ap.add_argument("--data", type=Path, required=True, help="folder with train/ and dev/ (build_dataset.py)")
     ap.add_argument("--hours", type=float, required=True, help="wall-clock training time to report")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the latency measurement")
@@ -65,8 +65,12 @@ def main() -> None:
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     ev = json.loads(eval_json.read_text())
-    train_cfg = json.loads((HERE / "train.json").read_text())
-    summary = _training_summary(args.run)
+    stages = []  # (config name, config, summary) of each stage that was run, in order
+    for name in ("train.json", "train_stage2.json"):
+        cfg = json.loads((HERE / name).read_text())
+        out = args.run.parent / cfg["out_dir"]
+        if (out / "metrics.jsonl").is_file():
+            stages.append((name, cfg, _training_summary(out)))
     u = ev["usage_train_dev_256_512"]
     lat = ev["latency"]
     recon = "dev split (4 photos), shorter side resized to {0} (bicubic), centre crop {0}x{0}, PSNR/SSIM on float images in [0, 1]"
@@ -91,10 +95,16 @@ def main() -> None:
             "  plasma-workspace-wallpapers 4:5.27.5-2 (per-image licences LGPL-3 / CC-BY-SA-4.0, package GPL-2+,",
             "  authors listed in the manifest) and scikit-image 0.26 sample images. Held-out dev: scikit-learn's",
             "  china and flower (CC BY 2.0), matplotlib's grace_hopper (public domain), scipy 1.11's face (BSD).",
-            f"- Training: `imagetok train --config examples/bundled/train.json`, {summary['steps']} steps of 8 random",
-            f"  128x128 crops (shorter side rescaled to 256-512 px first), L1 + L2 + 0.2 (1 - SSIM), codebook and",
-            f"  commitment (beta 0.25) losses, AdamW lr {train_cfg['lr']} cosine, weight EMA {train_cfg['ema_decay']};",
-            f"  {args.hours:.1f} h on one CPU thread (about {summary['mean_steps_per_s']} steps/s on a shared 2-core machine).",
+            "- Training, two stages run from one folder (examples/bundled/README.md):",
+            *[
+                f"  {i}. `imagetok train --config {name}`: {st['steps']} steps, AdamW lr {cfg['lr']} (warm-up, cosine), "
+                f"{cfg['num_threads']} thread(s), about {st['mean_steps_per_s']} steps/s"
+                + (f", fine-tuning {cfg['init_from']}" if cfg.get("init_from") else "")
+                for i, (name, cfg, st) in enumerate(stages, 1)
+            ],
+            "  Each step: 8 random 128x128 crops (shorter side rescaled to 256-512 px first), L1 + L2 + 0.2 (1 - SSIM),",
+            "  codebook and commitment (beta 0.25) losses, dead-code restarts every 100 steps, weight EMA 0.995.",
+            f"  {args.hours:.1f} h in all on a shared 2-core CPU.",
             "  The data set is rebuilt byte-identically by examples/bundled/build_dataset.py.",
             f"- Speed: encode + decode of one 256x256 image takes {lat['encode_decode_256_median_s']:.2f} s (median; best "
             f"{lat['encode_decode_256_best_s']:.2f} s) with {lat['threads']} torch threads on {_cpu()} (load {lat['loadavg_1min']}).",
