@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import time
@@ -26,6 +25,7 @@ import torch
 from imagetok import Tokenizer
 from imagetok.metrics import psnr, ssim
 from imagetok.train.data import load_eval_images
+from imagetok.usage import UsageCounter
 
 
 def reconstruction(tok: Tokenizer, folder: Path, size: int) -> dict:
@@ -41,25 +41,23 @@ def reconstruction(tok: Tokenizer, folder: Path, size: int) -> dict:
 
 
 def usage(tok: Tokenizer, folders: list[Path], sizes: list[int]) -> dict:
-    k = tok.codebook_sizes[-1]
-    counts = torch.zeros(k, dtype=torch.long)
+    counter = UsageCounter(tok.codebook_sizes[-1], max_position_cells=0)  # crops of two sizes: no per-position map
     n_images = 0
     for size in sizes:
         for folder in folders:
             x, _ = load_eval_images(folder, size)
             for xi in x:
                 t = tok.encode_pixels(xi[None])
-                t = t[-1] if isinstance(t, tuple) else t
-                counts += torch.bincount(t.flatten().cpu(), minlength=k)
+                counter.update(t[-1] if isinstance(t, tuple) else t)
                 n_images += 1
-    p = counts[counts > 0].double() / counts.sum()
+    r = counter.report()
     return {
         "images": n_images,
-        "tokens": int(counts.sum()),
-        "codes_used": int((counts > 0).sum()),
-        "codebook_size": k,
-        "usage": round(float((counts > 0).double().mean()), 4),
-        "perplexity": round(math.exp(float(-(p * p.log()).sum())), 1),
+        "tokens": r.tokens,
+        "codes_used": r.codes_used,
+        "codebook_size": r.codebook_size,
+        "usage": round(r.used_fraction, 4),
+        "perplexity": round(r.perplexity, 1),
     }
 
 

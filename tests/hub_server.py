@@ -252,13 +252,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.create_repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
         self._json(200, {"url": url, "name": repo_id})
 
-    def _model_info(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id)
+    def _resolved(self, repo_id: str, revision: str, head: bool = False):
+        """(repo, commit sha) of a revision, or (.., None) after sending the 404 that says why."""
+        repo = self._repo(repo_id, head=head)
         if repo is None:
-            return
+            return None, None
         sha = repo.resolve(revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+        return repo, sha
+
+    def _model_info(self, repo_id: str, revision: str) -> None:
+        repo, sha = self._resolved(repo_id, revision)
+        if sha is None:
+            return
         files = repo.commits[sha]
         self._json(200, {
             "_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
@@ -268,12 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _tree(self, repo_id: str, revision: str, prefix: str, query: dict) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
-            return
-        sha = repo.resolve(revision)
+        repo, sha = self._resolved(repo_id, revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
         base = prefix.rstrip("/") + "/" if prefix else ""
         entries, dirs = [], set()
@@ -300,12 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"branches": branches, "tags": [], "converts": [], "pullRequests": prs})
 
     def _paths_info(self, repo_id: str, revision: str, form: dict) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
-            return
-        sha = repo.resolve(revision)
+        repo, sha = self._resolved(repo_id, revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         files = repo.commits[sha]
         out = [{"type": "file", "oid": git_blob_sha1(files[p]), "size": len(files[p]), "path": p} for p in form.get("paths", []) if p in files]
         self._json(200, out)
@@ -376,12 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"commitUrl": f"{self.fake.endpoint}/{repo_id}/commit/{sha}", "commitOid": sha, "pullRequestUrl": pr_url, "success": True})
 
     def _resolve(self, repo_id: str, revision: str, path: str, head: bool) -> None:
-        repo = self._repo(repo_id, head=head)
-        if repo is None:
-            return
-        sha = repo.resolve(revision)
+        repo, sha = self._resolved(repo_id, revision, head=head)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+            return
         files = repo.commits[sha]
         if path not in files:  # X-Repo-Commit lets the client cache the miss
             return self._error(404, "EntryNotFound", f"{path} does not exist on {revision}", {"X-Repo-Commit": sha}, head=head)
