@@ -13,11 +13,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import ImagetokError, InputError
+from ..errors import ImagetokError, InputError
 
 
 def _load(model: str | None, fast: bool = False):
-    from .tokenizer import Tokenizer
+    from ..tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(model, fast=fast)
 
@@ -35,7 +35,7 @@ def _levels(tokens) -> tuple:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .tokenfile import save_tokens
+    from ..tokenfile import save_tokens
 
     tok = _load(args.model, args.fast)
     size = None if args.size == 0 else (args.size or tok.default_size)
@@ -73,7 +73,7 @@ def _output_paths(output: str, count: int, images: list) -> list[Path]:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from .tokenfile import load_tokens
+    from ..tokenfile import load_tokens
 
     levels, meta = load_tokens(args.tokens)
     model = args.model or meta.get("model")
@@ -101,19 +101,19 @@ def _save_image(img, path) -> None:
 
 
 def _hash(tok) -> str:
-    from .config import config_hash
+    from ..config import config_hash
 
     return config_hash(tok.config)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .metrics import psnr, ssim
+    from ..metrics import psnr, ssim
 
     tok = _load(args.model, args.fast)
     size = None if args.size == 0 else (args.size or tok.default_size)
     x, _ = tok.preprocess(str(args.image), size=size)
     y = tok.decode_pixels(tok.encode_pixels(x))
-    from .image import from_tensor
+    from ..image import from_tensor
 
     _save_image(from_tensor(y, "pil")[0], args.output)
     res = {"image": str(args.image), "output": str(args.output), "psnr": round(float(psnr(x, y)[0]), 3), "ssim": round(float(ssim(x, y)[0]), 4)}
@@ -122,7 +122,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .config import config_hash, config_to_dict
+    from ..config import config_hash, config_to_dict
 
     tok = _load(args.model)
     info = {
@@ -142,8 +142,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     """Codebook usage over image folders/files or token files; or compare saved reports."""
-    from . import usage
-    from .tokenfile import SUFFIXES
+    from .. import usage
+    from ..tokenfile import SUFFIXES
 
     if args.compare:
         if args.paths:
@@ -205,7 +205,7 @@ def _usage_parser(sub) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an original checkpoint (taming, diffusers, LlamaGen, rosinality) to an imagetok folder."""
-    from .convert import convert
+    from ..convert import convert
 
     tok = convert(args.src, from_format=args.from_format, config=args.config, out=args.out,
                   use_ema=args.ema, trust_pickle=args.trust_pickle)
@@ -234,7 +234,7 @@ def _convert_parser(sub) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the published tokenizers of the weights manifest."""
-    from . import registry
+    from .. import registry
 
     names = registry.list_pretrained(args.filter)
     if not names:
@@ -264,7 +264,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Upload a saved model folder to the Hugging Face Hub."""
-    from . import hub
+    from .. import hub
 
     url = hub.push_folder(
         args.folder, args.repo_id, branch=args.branch, private=args.private or None,
@@ -296,7 +296,7 @@ def _hub_parsers(sub) -> None:
 
 
 def _tokenize_dataset_parser(sub) -> None:
-    from . import tokenize_dataset as td
+    from .. import tokenize_dataset as td
 
     p = sub.add_parser("tokenize-dataset", help="tokenize an image folder/list/.tar shards into Parquet shards",
                        description="Tokenize every image of SRC into Parquet shards for LLM training (resumable; "
@@ -310,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train or fine-tune from a JSON train config (imagetok.train); resumes from out_dir's checkpoint."""
     import logging
 
-    from .train import train
+    from ..train import train
 
     logging.basicConfig(level=logging.INFO, format="imagetok train: %(message)s")
     overrides = {k: v for k, v in (("steps", args.steps), ("out_dir", args.out_dir)) if v is not None}
