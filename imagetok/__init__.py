@@ -7,11 +7,11 @@
 """
 
 from . import errors
+from ._version import __version__
 from .config import VQGANConfig, VQVAE2Config, VQVAEConfig, config_from_dict, config_to_dict
 from .errors import ImagetokError
 from .tokenizer import Tokenizer
 
-__version__ = "0.1.0"
 __all__ = [
     "Tokenizer",
     "ImagetokError",

@@ -13,6 +13,10 @@ never served again.
 Checkpoints in other formats (taming ``.ckpt``, LlamaGen ``.pt``, diffusers...) are converted once
 with :func:`imagetok.convert.convert` and the result is cached as an imagetok folder under
 ``<HF_HOME or cache_dir>/imagetok-converted/<name>/<commit>/``; later loads read that folder.
+
+This module is transport only: :func:`resolve` turns a name into a local model folder and never
+builds a model (that is :meth:`imagetok.Tokenizer.from_pretrained`'s job), so it does not import
+the tokenizer.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from .errors import (
     UnknownModelError,
     WeightsError,
 )
-from .tokenizer import BUNDLED_DIR, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, Tokenizer, read_config
+from ._version import __version__
+from .serialization import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, file_sha256, load_folder, read_json, save_folder
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +64,6 @@ def _hf():
     except ImportError:  # pragma: no cover - a declared dependency
         raise HubError("huggingface_hub is not installed; run `pip install huggingface_hub`") from None
     return huggingface_hub
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 # --------------------------------------------------------------------------------- download
@@ -101,7 +100,7 @@ def download(
             revision=revision,
             cache_dir=None if cache_dir is None else str(cache_dir),
             library_name=LIBRARY_NAME,
-            library_version=_version(),
+            library_version=__version__,
         )
     except hfe.RevisionNotFoundError:
         raise HubError(
@@ -150,15 +149,6 @@ def _remote_entry_error(hfe: Any) -> type:
     # huggingface_hub >= 1.0 splits remote and local misses; before, LocalEntryNotFoundError (caught
     # first above) subclassed EntryNotFoundError
     return getattr(hfe, "RemoteEntryNotFoundError", hfe.EntryNotFoundError)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (streamed in 8 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, expected: str, *, evict: bool = False) -> None:
@@ -217,7 +207,7 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str] | None:
 
 def _api(token: str | bool | None = None):
     hf = _hf()
-    return hf.HfApi(library_name=LIBRARY_NAME, library_version=_version(), token=token)
+    return hf.HfApi(library_name=LIBRARY_NAME, library_version=__version__, token=token)
 
 
 def _is_network_error(e: BaseException) -> bool:
@@ -235,18 +225,34 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-# ------------------------------------------------------------------------------------ load
-def load(name: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """Load a tokenizer by manifest name, ``hf-hub:org/repo[@revision]``, ``org/repo`` or local folder.
+# --------------------------------------------------------------------------------- resolve
+def resolve(
+    name_or_ref: str | os.PathLike | registry.ModelRef,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Turn a model name into a local model folder: download, sha256 check and conversion included.
 
-    This is what :meth:`Tokenizer.from_pretrained` calls for anything that is not a local folder.
-    The result is on the CPU in float32.
+    Args:
+        name_or_ref: a name as :func:`imagetok.registry.parse_name` reads it (manifest name,
+            ``hf-hub:org/repo[@revision]``, ``org/repo``, ``local-dir:PATH`` or a path), or the
+            :class:`~imagetok.registry.ModelRef` it returned.
+        revision: Hub branch, tag or commit (not together with a different ``@revision`` in the name).
+        cache_dir: cache root instead of the HF cache.
+
+    Returns:
+        A folder holding ``config.json`` and ``model.safetensors`` (or, when the weights have another
+        file name, that ``.safetensors`` file with ``config.json`` beside it). Nothing is built or
+        validated beyond the JSON syntax of the config and the weights' sha256 when the manifest
+        gives one: the caller (e.g. :meth:`imagetok.Tokenizer.from_pretrained`) loads it strictly.
+        Every spelling of a manifest model (its full name, its arch alone) gets the same checks.
 
     Raises:
         UnknownModelError: the name is unknown (the message lists the closest manifest names).
         HubError, ChecksumError, ConfigError, WeightsError, ConversionError: see :func:`download`.
     """
-    ref = registry.parse_name(name)
+    ref = name_or_ref if isinstance(name_or_ref, registry.ModelRef) else registry.parse_name(name_or_ref)
     if ref.kind == "local":
         path = ref.path
         if path is None or not path.exists():
@@ -256,24 +262,39 @@ def load(name: str, *, revision: str | None = None, cache_dir: str | os.PathLike
                 f"{path}: not an imagetok model (a folder with config.json and {WEIGHTS_NAME}, or a .safetensors "
                 f"file); convert checkpoints from other libraries with `imagetok convert {path} --from FORMAT --out DIR`"
             )
-        return Tokenizer._from_folder(path, name=str(path.resolve()))
+        return path
     if ref.kind == "hub":
         if revision is not None and ref.revision is not None and revision != ref.revision:
-            raise InputError(f"two revisions given for {name!r}: {ref.revision!r} in the name and revision={revision!r}")
-        return load_repo(ref.repo_id, revision=revision or ref.revision, cache_dir=cache_dir)
-    return load_entry(ref.entry, revision=revision, cache_dir=cache_dir)
+            raise InputError(f"two revisions given for {ref.name!r}: {ref.revision!r} in the name and revision={revision!r}")
+        return resolve_repo(ref.repo_id, revision=revision or ref.revision, cache_dir=cache_dir)
+    return resolve_entry(ref.entry, revision=revision, cache_dir=cache_dir)
 
 
-def load_repo(
+def revision_of(path: str | os.PathLike) -> str | None:
+    """The Hub commit a resolved model folder came from (an HF cache snapshot or a converted copy),
+    or None for local and bundled folders."""
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    marker = folder / MARKER_NAME
+    if marker.is_file():
+        try:
+            commit = json.loads(marker.read_text()).get("commit")
+            return commit if isinstance(commit, str) else None
+        except (OSError, ValueError, AttributeError):
+            return None
+    return _commit_of(folder / CONFIG_NAME)
+
+
+def resolve_repo(
     repo_id: str,
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     weights_name: str = WEIGHTS_NAME,
     sha256: str | None = None,
-) -> Tokenizer:
-    """Load an imagetok model repo (``config.json`` + ``model.safetensors``, as written by
-    :meth:`Tokenizer.push_to_hub`) from the Hub or the HF cache.
+) -> Path:
+    """Download an imagetok model repo (``config.json`` + ``model.safetensors``, as written by
+    :meth:`Tokenizer.push_to_hub`) into the HF cache, or find it there; returns its local folder.
 
     Args:
         weights_name: path of the weights in the repo; ``config.json`` is read from its folder.
@@ -291,34 +312,33 @@ def load_repo(
             f"repo holds config.json and {WEIGHTS_NAME} (publish one with `imagetok push DIR {repo_id}`); "
             "checkpoints in other formats go through `imagetok convert`"
         ) from None
-    config = read_config(config_path)
+    read_json(config_path)  # a clear error before downloading the weights; the caller validates it
     commit = _commit_of(config_path)
     try:  # read the weights from the same commit as the config
         weights_path = download(repo_id, weights_name, revision=commit or revision, cache_dir=cache_dir, sha256=sha256)
     except _MissingFile:
         raise HubError(f"Hub repo {repo_id!r} has {config_name} but no {weights_name}; re-upload the model folder") from None
-    label = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
-    tok = Tokenizer._from_folder(weights_path, name=label)
-    if tok.config != config:  # pragma: no cover - both read from the same snapshot folder
+    if weights_path.parent != config_path.parent:  # pragma: no cover - both in the same snapshot folder
         raise HubError(f"{repo_id}: {weights_name} and {config_name} come from different folders")
-    return tok
+    return weights_path.parent if weights_path.name == WEIGHTS_NAME else weights_path
 
 
 def _posix_dirname(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else ""
 
 
-def load_entry(
+def resolve_entry(
     entry: registry.ManifestEntry, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
-) -> Tokenizer:
-    """Load the weights of a manifest entry (downloading and converting them if needed)."""
+) -> Path:
+    """The local folder of a manifest entry's weights (downloading and converting them if needed).
+    The bundled model's weights are checked against the manifest's sha256 on every call."""
     src = entry.source
     if src.kind == "bundled":
-        if not (BUNDLED_DIR / CONFIG_NAME).is_file():
-            raise UnknownModelError(f"{entry.name}: this imagetok install has no bundled model folder {BUNDLED_DIR}")
+        if not (registry.BUNDLED_DIR / CONFIG_NAME).is_file():
+            raise UnknownModelError(f"{entry.name}: this imagetok install has no bundled model folder {registry.BUNDLED_DIR}")
         if src.sha256:
-            verify_sha256(BUNDLED_DIR / WEIGHTS_NAME, src.sha256)
-        return _checked(Tokenizer._from_folder(BUNDLED_DIR, name=entry.name), entry, str(BUNDLED_DIR))
+            verify_sha256(registry.BUNDLED_DIR / WEIGHTS_NAME, src.sha256)
+        return registry.BUNDLED_DIR
     if src.kind == "url":
         raise HubError(
             f"{entry.name}: its weights are not on the Hugging Face Hub, so imagetok cannot fetch them. Download "
@@ -331,19 +351,8 @@ def load_entry(
     if revision is not None and sha is None and src.sha256:
         logger.warning("%s: revision %s overrides the manifest's; its sha256 is not checked", entry.name, revision)
     if src.format == "imagetok":
-        tok = load_repo(src.repo_id, revision=rev, cache_dir=cache_dir, weights_name=src.filename, sha256=sha)
-        tok.name = entry.name
-        return _checked(tok, entry, f"hf-hub:{src.repo_id}")
-    return _load_converted(entry, rev, sha, cache_dir)
-
-
-def _checked(tok: Tokenizer, entry: registry.ManifestEntry, where: str) -> Tokenizer:
-    if tok.config != entry.config:
-        raise ConfigError(
-            f"{where}: its config.json does not match the manifest entry {entry.name!r} "
-            f"(hash {config_hash(tok.config)} vs {config_hash(entry.config)}); the repo changed since the manifest was written"
-        )
-    return tok
+        return resolve_repo(src.repo_id, revision=rev, cache_dir=cache_dir, weights_name=src.filename, sha256=sha)
+    return _resolve_converted(entry, rev, sha, cache_dir)
 
 
 def converted_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -356,50 +365,47 @@ def converted_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(constants.HF_HOME) / CONVERTED_DIR
 
 
-def _load_converted(
+def _resolve_converted(
     entry: registry.ManifestEntry, revision: str | None, sha256: str | None, cache_dir: str | os.PathLike | None
-) -> Tokenizer:
+) -> Path:
     src = entry.source
     root = converted_root(cache_dir) / entry.name
     if revision and registry.COMMIT_RE.match(revision):  # pinned: no need to look at the original file
-        tok = _read_converted(root / revision, entry)
-        if tok is not None:
-            return tok
+        if _converted_ok(root / revision, entry):
+            return root / revision
     try:
         original = download(src.repo_id, src.filename, revision=revision, cache_dir=cache_dir, sha256=sha256)
     except ChecksumError:
         raise
     except HubError:
         # offline or unreachable, original not cached: an earlier conversion is still good to use
-        tok = None if revision else _newest_converted(root, entry)
-        if tok is None:
+        folder = None if revision else _newest_converted(root, entry)
+        if folder is None:
             raise
-        return tok
+        return folder
     commit = _commit_of(original) or file_sha256(original)[:40]
     folder = root / commit
-    tok = _read_converted(folder, entry)
-    if tok is not None:
-        return tok
+    if _converted_ok(folder, entry):
+        return folder
     return _convert_into(original, folder, entry, commit)
 
 
-def _newest_converted(root: Path, entry: registry.ManifestEntry) -> Tokenizer | None:
+def _newest_converted(root: Path, entry: registry.ManifestEntry) -> Path | None:
     folders = sorted((p for p in root.glob("*") if (p / MARKER_NAME).is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
     for folder in folders:
-        tok = _read_converted(folder, entry)
-        if tok is not None:
+        if _converted_ok(folder, entry):
             logger.warning("%s: the Hub could not be asked for updates; using the converted copy in %s", entry.name, folder)
-            return tok
+            return folder
     return None
 
 
-def _read_converted(folder: Path, entry: registry.ManifestEntry) -> Tokenizer | None:
-    """The cached conversion in ``folder``, or None (and the folder removed) when absent or bad."""
+def _converted_ok(folder: Path, entry: registry.ManifestEntry) -> bool:
+    """Whether ``folder`` holds a complete, uncorrupted conversion for ``entry`` (else it is removed)."""
     marker = folder / MARKER_NAME
     if not marker.is_file():
         if folder.exists():  # an interrupted conversion
             shutil.rmtree(folder, ignore_errors=True)
-        return None
+        return False
     try:
         info = json.loads(marker.read_text())
         actual = file_sha256(folder / WEIGHTS_NAME)
@@ -412,30 +418,32 @@ def _read_converted(folder: Path, entry: registry.ManifestEntry) -> Tokenizer | 
             entry.name, folder, actual, info.get("weights_sha256") if isinstance(info, dict) else None,
         )
         shutil.rmtree(folder, ignore_errors=True)
-        return None
-    return _checked(Tokenizer._from_folder(folder, name=entry.name), entry, str(folder))
+    return ok
 
 
-def _convert_into(original: Path, folder: Path, entry: registry.ManifestEntry, commit: str) -> Tokenizer:
+def _convert_into(original: Path, folder: Path, entry: registry.ManifestEntry, commit: str) -> Path:
     src = entry.source
-    try:
-        from .convert import convert
-    except ImportError as e:  # pragma: no cover - convert.py ships with imagetok
-        raise ConversionError(f"{entry.name} needs converting from {src.converter!r}, but imagetok.convert is unavailable ({e})") from None
+    from . import convert as _convert
+
     logger.info("converting %s (%s, %s) once; cached in %s", entry.name, src.converter, original, folder)
     try:
-        tok = convert(str(original), from_format=src.converter, config=config_to_dict(entry.config), use_ema=src.use_ema)
+        conv = _convert.convert(str(original), from_format=src.converter, config=config_to_dict(entry.config), use_ema=src.use_ema)
     except ConversionError as e:
         raise ConversionError(
             f"{entry.name}: converting {original} failed: {e}. To convert by hand: "
             f"`imagetok convert {original} --from {src.converter} --out DIR`, then load DIR"
         ) from None
-    tok.name = entry.name
-    _checked(tok, entry, f"converted {original}")
+    if conv.config != entry.config:
+        raise ConfigError(
+            f"converted {original}: its config does not match the manifest entry {entry.name!r} "
+            f"(hash {config_hash(conv.config)} vs {config_hash(entry.config)}); the repo changed since the manifest was written"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     try:
-        tok.save_pretrained(tmp, card=entry.card_kwargs())
+        state = {k: v.float() if v.is_floating_point() else v for k, v in conv.state_dict.items()}
+        card = model_card(entry.name, conv.config, **entry.card_kwargs())
+        save_folder(tmp, config_to_dict(conv.config), state, card=card)
         info = {
             "name": entry.name,
             "repo_id": src.repo_id,
@@ -445,7 +453,7 @@ def _convert_into(original: Path, folder: Path, entry: registry.ManifestEntry, c
             "source_sha256": file_sha256(original),
             "weights_sha256": file_sha256(tmp / WEIGHTS_NAME),
             "config_hash": config_hash(entry.config),
-            "imagetok_version": _version(),
+            "imagetok_version": __version__,
         }
         (tmp / MARKER_NAME).write_text(json.dumps(info, indent=2) + "\n")
         try:
@@ -455,12 +463,12 @@ def _convert_into(original: Path, folder: Path, entry: registry.ManifestEntry, c
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return tok
+    return folder
 
 
 # ------------------------------------------------------------------------------------ push
 def push_to_hub(
-    tok: Tokenizer,
+    tok: Any,
     repo_id: str,
     *,
     branch: str | None = None,
@@ -470,7 +478,8 @@ def push_to_hub(
     token: str | None = None,
     card: dict[str, Any] | None = None,
 ) -> str:
-    """Upload ``tok`` as ``config.json`` + ``model.safetensors`` + ``README.md`` model card.
+    """Upload ``tok`` (a :class:`~imagetok.Tokenizer`) as ``config.json`` + ``model.safetensors`` +
+    ``README.md`` model card.
 
     Args:
         repo_id: ``"org/name"``; created if missing (``private`` applies only then).
@@ -522,9 +531,9 @@ def push_folder(
         raise InputError(f"repo id must look like 'org/name', got {repo_id!r}")
     if branch and create_pr:
         raise InputError("pass either branch or create_pr: pull requests are opened against main")
-    tok = Tokenizer._from_folder(folder, name=f"hf-hub:{repo_id}")  # validates config and weights
+    loaded = load_folder(folder)  # validates config and weights
     card_path = folder / CARD_NAME
-    card = card_path.read_bytes() if card_path.is_file() else model_card(f"hf-hub:{repo_id}", tok.config).encode()
+    card = card_path.read_bytes() if card_path.is_file() else model_card(f"hf-hub:{repo_id}", loaded.config).encode()
 
     _hf()
     from huggingface_hub import CommitOperationAdd

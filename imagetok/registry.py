@@ -50,6 +50,8 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 HUB_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
+BUNDLED_DIR = Path(__file__).parent / "bundled"  # the model shipped in the wheel (manifest kind "bundled")
+BUNDLED_NAME = "vqgan-f8-4096.imagetok-photos"  # what Tokenizer.from_pretrained() loads by default
 
 
 @dataclass(frozen=True)

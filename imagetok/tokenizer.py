@@ -11,90 +11,40 @@ give a tuple ``(top, bottom)`` of such tensors. ``decode`` accepts exactly what 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from . import hub, registry
 from . import image as _image
 from .card import model_card
 from .config import Config, config_from_dict, config_hash, config_to_dict
-from .errors import ConfigError, InputError, UnknownModelError, WeightsError
+from .errors import ConfigError, InputError
 from .models import build_model
+from .registry import BUNDLED_DIR, BUNDLED_NAME  # noqa: F401  (BUNDLED_DIR re-exported)
+from .serialization import (  # noqa: F401  (CONFIG_NAME... re-exported for existing imports)
+    CARD_NAME,
+    CONFIG_HASH_KEY,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_folder,
+    load_state_dict,
+    load_weights_strict,
+    read_config,
+    safetensors_bytes,
+    save_folder,
+)
 
 if TYPE_CHECKING:
+    from .convert import Conversion
     from .usage import DatasetUsage
 
 Tokens = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 _DEFAULT: Any = object()
-CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"
-BUNDLED_DIR = Path(__file__).parent / "bundled"
-BUNDLED_NAME = "vqgan-f8-4096.imagetok-photos"
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a corrupt, truncated or non-safetensors file raises WeightsError."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-
-
-def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` with reproducible bytes: safetensors writes metadata keys in
-    random order, so the same weights would get a different sha256 on every save. Rewrites the
-    header in place with sorted metadata (same length, so tensor offsets do not move)."""
-    save_file(state, str(path), metadata=metadata)
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) <= n:  # always equal up to the trailing-space padding; else keep the original
-            f.seek(8)
-            f.write(text.ljust(n, b" "))
-
-
-def load_weights_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model``; any missing, unexpected or misshapen tensor raises WeightsError."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-    if shapes:
-        problems.append(f"shape mismatches {shapes[:10]}")
-    if problems:
-        raise WeightsError(f"{source}: weights do not match the config: " + "; ".join(problems))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-
-
-def read_config(path: str | os.PathLike) -> Config:
-    """Read and validate a ``config.json``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config.json not found (a model folder needs config.json and model.safetensors)")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid JSON ({e})") from None
-    try:
-        return config_from_dict(data)
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
 
 
 class Tokenizer:
@@ -115,6 +65,8 @@ class Tokenizer:
         self.config = config
         self.name = name
         self._fast = False
+        self._weights_sha256: str | None = None  # of the file loaded (None: computed from the weights)
+        self._revision: str | None = None  # resolved Hub commit
 
     # ----------------------------------------------------------------- construction and storage
     @classmethod
@@ -165,20 +117,22 @@ class Tokenizer:
             HubError, ChecksumError, ConversionError: download, integrity or conversion failures
                 (see :mod:`imagetok.hub`).
         """
-        if name is None:
-            if not (BUNDLED_DIR / CONFIG_NAME).is_file():
-                raise UnknownModelError("this imagetok install has no bundled model; pass a model name or folder")
-            tok = cls._from_folder(BUNDLED_DIR, name=BUNDLED_NAME)
+        ref = registry.parse_name(BUNDLED_NAME if name is None else name)  # the one name parser
+        folder = hub.resolve(ref, revision=revision, cache_dir=cache_dir)  # download, sha256, conversion
+        if ref.kind == "local":
+            label = str(folder.resolve())
+        elif ref.kind == "hub":
+            rev = revision or ref.revision
+            label = f"hf-hub:{ref.repo_id}" + (f"@{rev}" if rev else "")
         else:
-            path = Path(name)
-            if path.is_dir() or (path.suffix == ".safetensors" and path.is_file()):
-                tok = cls._from_folder(path, name=str(path.resolve()))
-            elif str(name) == BUNDLED_NAME:
-                return cls.from_pretrained(None, device=device, dtype=dtype, fast=fast)
-            else:
-                from . import hub  # manifest names, hf-hub:org/repo[@rev], org/repo
-
-                tok = hub.load(str(name), revision=revision, cache_dir=cache_dir)
+            label = ref.entry.name
+        tok = cls._from_folder(folder, name=label)
+        if ref.kind == "manifest" and tok.config != ref.entry.config:
+            raise ConfigError(
+                f"{folder}: its config.json does not match the manifest entry {ref.entry.name!r} (hash "
+                f"{config_hash(tok.config)} vs {config_hash(ref.entry.config)}); the repo changed since the manifest was written"
+            )
+        tok._revision = hub.revision_of(folder) if ref.kind != "local" else None
         tok = tok.to(device=device, dtype=dtype)
         tok.fast = fast
         return tok
@@ -196,18 +150,50 @@ class Tokenizer:
 
     @classmethod
     def _from_folder(cls, path: Path, *, name: str) -> "Tokenizer":
-        folder, weights = (path, path / WEIGHTS_NAME) if path.is_dir() else (path.parent, path)
-        cfg = read_config(folder / CONFIG_NAME)
-        if not weights.is_file():
-            raise WeightsError(f"{weights}: weights file not found")
-        model = build_model(cfg)
-        load_weights_strict(model, load_state_dict(weights), str(weights))
-        return cls(model, cfg, name=name)
+        """Load a model folder strictly (meta-device build, header-checked; see :mod:`imagetok.serialization`)."""
+        loaded = load_folder(path)
+        tok = cls(loaded.model, loaded.config, name=name)
+        tok._weights_sha256 = loaded.weights_sha256
+        return tok
+
+    @classmethod
+    def from_conversion(cls, conversion: "Conversion") -> "Tokenizer":
+        """A float32 CPU tokenizer from :func:`imagetok.convert.convert`'s result (checked strictly).
+
+        Its ``name`` is the folder ``convert`` wrote, if any, else None.
+        """
+        model = build_model(conversion.config)
+        load_weights_strict(model, conversion.state_dict, f"{conversion.source} ({conversion.format})")
+        out = getattr(conversion, "out", None)
+        return cls(model, conversion.config, name=str(Path(out).resolve()) if out is not None else None)
+
+    @property
+    def provenance(self) -> dict[str, str | None]:
+        """Which weights these are: ``{"name", "config_hash", "weights_sha256", "revision"}``.
+
+        ``weights_sha256`` is the sha256 of the weights file the model was loaded from, or, for a
+        model built in memory (:meth:`from_config`, training), of its current weights as
+        :meth:`save_pretrained` would write them in float32. ``revision`` is the resolved Hub commit
+        for Hub models, else None. Token files and token datasets record this.
+        """
+        return {
+            "name": self.name,
+            "config_hash": config_hash(self.config),
+            "weights_sha256": self._weights_sha256 or hashlib.sha256(self._weights_bytes(torch.float32)).hexdigest(),
+            "revision": self._revision,
+        }
+
+    def _weights_bytes(self, dtype: torch.dtype) -> bytes:
+        state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return safetensors_bytes(state, {"format": "pt", CONFIG_HASH_KEY: config_hash(self.config)})
 
     def save_pretrained(
         self, directory: str | os.PathLike, *, card: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32
     ) -> Path:
         """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card.
+
+        The save is atomic: the files are written into a temporary folder beside ``directory``,
+        which is then renamed into place (see :func:`imagetok.serialization.save_folder`).
 
         Args:
             directory: created if needed; existing files of these names are replaced.
@@ -221,17 +207,12 @@ class Tokenizer:
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise InputError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to(dtype).cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_safetensors(state, d / WEIGHTS_NAME, {"format": "pt", "imagetok_config_hash": config_hash(self.config)})
-        (d / CONFIG_NAME).write_text(json.dumps(config_to_dict(self.config), indent=2) + "\n")
-        (d / CARD_NAME).write_text(model_card(self.name or d.name, self.config, **(card or {})))
-        return d
+        card_text = model_card(self.name or d.name, self.config, **(card or {}))
+        return save_folder(d, config_to_dict(self.config), state, card=card_text)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Publish this model to the Hugging Face Hub; see :func:`imagetok.hub.push_to_hub`."""
-        from . import hub
-
         return hub.push_to_hub(self, repo_id, **kwargs)
 
     # ----------------------------------------------------------------------------- properties

@@ -372,3 +372,32 @@ def test_import_does_not_load_huggingface_hub():
     code = "import sys, imagetok, imagetok.hub, imagetok.registry; print('huggingface_hub' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------- one name parser, one check
+def test_every_spelling_of_the_bundled_model_gets_the_sha256_check(tmp_path, monkeypatch):
+    bundled = registry.entry_to_dict(registry.get_entry(registry.BUNDLED_NAME))
+    good = Tokenizer.from_pretrained()
+    assert good.provenance["weights_sha256"] == bundled["source"]["sha256"]
+    assert good.provenance["revision"] is None and good.provenance["name"] == registry.BUNDLED_NAME
+    bundled["source"]["sha256"] = "0" * 64  # the manifest now disagrees with the shipped file
+    use_manifest(monkeypatch, tmp_path, bundled)
+    for spelling in (None, registry.BUNDLED_NAME, registry.BUNDLED_NAME.split(".")[0]):
+        with pytest.raises(ChecksumError, match="sha256 mismatch"):
+            Tokenizer.from_pretrained(spelling)
+
+
+def test_resolve_returns_a_folder_and_never_builds_a_model(hf_hub, tiny, tmp_path):
+    from imagetok import hub
+
+    files = folder_bytes(tiny, tmp_path / "src")
+    hf_hub.commit("carol/tiny", files)
+    folder = hub.resolve("hf-hub:carol/tiny")
+    assert folder.is_dir() and (folder / "config.json").read_bytes() == files["config.json"]
+    commit = hf_hub.repos["carol/tiny"].refs["main"]
+    assert hub.revision_of(folder) == commit
+    tok = Tokenizer.from_pretrained("hf-hub:carol/tiny")
+    assert tok.provenance == {"name": "hf-hub:carol/tiny", "config_hash": tiny.provenance["config_hash"],
+                              "weights_sha256": sha256(files["model.safetensors"]), "revision": commit}
+    assert tiny.provenance["weights_sha256"] == sha256(files["model.safetensors"])  # in memory: as saved in float32
+    assert hub.resolve(str(tmp_path / "src")) == tmp_path / "src"  # a local folder is returned as it is

@@ -207,9 +207,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Convert an original checkpoint (taming, diffusers, LlamaGen, rosinality) to an imagetok folder."""
     from ..convert import convert
 
-    tok = convert(args.src, from_format=args.from_format, config=args.config, out=args.out,
-                  use_ema=args.ema, trust_pickle=args.trust_pickle)
-    c = tok.config
+    conv = convert(args.src, from_format=args.from_format, config=args.config, out=args.out,
+                   use_ema=args.ema, trust_pickle=args.trust_pickle)
+    c = conv.config
     print(f"wrote {args.out}: {c.family}, codebook(s) {list(c.codebook_sizes)}, factor(s) {list(c.downsample_factors)}, "
           f"resolution {c.resolution}", file=sys.stderr)
     return 0

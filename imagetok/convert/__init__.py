@@ -1,8 +1,8 @@
 """Convert original checkpoints (taming, diffusers, LlamaGen, rosinality) into imagetok models.
 
 >>> from imagetok.convert import convert
->>> tok = convert("last.ckpt", from_format="taming", config="model.yaml", out="vqgan-f16")
->>> tok.encode("photo.jpg")
+>>> conv = convert("last.ckpt", from_format="taming", config="model.yaml", out="vqgan-f16")
+>>> tok = Tokenizer.from_pretrained("vqgan-f16")      # or Tokenizer.from_conversion(conv)
 
 Sources (``from_format``):
 
@@ -33,10 +33,11 @@ from typing import Any
 
 import torch
 
-from ..config import Config
+from ..card import model_card
+from ..config import Config, config_to_dict
 from ..errors import ConversionError, WeightsError
 from ..models import build_model
-from ..tokenizer import Tokenizer, load_weights_strict
+from ..serialization import build_on_meta, check_shapes, save_folder
 from . import _diffusers, _llamagen, _rosinality, _taming
 from ._common import param_names
 from ._io import SAFE_GLOBALS, ConfigArg, config_dict, read_checkpoint, read_config_file
@@ -59,6 +60,7 @@ class Conversion:
         source: the checkpoint path as given; format: its ``from_format``.
         ignored: reason -> source keys dropped for that reason.
         notes: what was read from where and what was assumed (entries starting "assumed").
+        out: the imagetok model folder :func:`convert` wrote, if any.
     """
 
     config: Config
@@ -67,6 +69,7 @@ class Conversion:
     format: str
     ignored: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    out: Path | None = None
 
     @property
     def assumed(self) -> list[str]:
@@ -129,8 +132,8 @@ def convert(
     out: str | os.PathLike | None = None,
     use_ema: bool = False,
     trust_pickle: bool = False,
-) -> Tokenizer:
-    """Convert an original checkpoint into an imagetok :class:`~imagetok.tokenizer.Tokenizer`.
+) -> Conversion:
+    """Convert an original checkpoint into imagetok's layout, checked strictly, and optionally save it.
 
     Args:
         src: a taming/LDM ``.ckpt``, a LlamaGen or rosinality ``.pt``, a diffusers ``VQModel`` folder
@@ -150,30 +153,34 @@ def convert(
             (runs code from the file; only for files you trust). Logged as a warning.
 
     Returns:
-        A float32 CPU tokenizer in eval mode. Its ``name`` is the output folder when ``out`` is
-        given, else None.
+        The :class:`Conversion` (config + state dict, checked key by key and shape by shape against
+        the model the config builds); ``conv.out`` is the written folder when ``out`` is given.
+        Build a tokenizer with :meth:`imagetok.Tokenizer.from_conversion`, or load ``out``.
 
     Raises:
         ConversionError: see :func:`load_original`; also if the tensors do not load strictly into
             the model (listing missing, unexpected and misshapen keys). Nothing is written then.
     """
     conv = load_original(src, from_format=from_format, config=config, use_ema=use_ema, trust_pickle=trust_pickle)
-    model = build_model(conv.config)
+    expected = build_on_meta(build_model, conv.config).state_dict()  # shapes only, nothing allocated
     try:
-        load_weights_strict(model, conv.state_dict, f"{conv.source} ({from_format})")
+        check_shapes(
+            {k: tuple(v.shape) for k, v in expected.items()},
+            {k: tuple(v.shape) for k, v in conv.state_dict.items()},
+            f"{conv.source} ({from_format})",
+        )
     except WeightsError as e:
         raise ConversionError(str(e)) from None
     dropped = "; ".join(f"{len(v)} x {k}" for k, v in conv.ignored.items()) or "nothing"
     logger.info("converted %s (%s): %d tensors mapped; dropped %s", conv.source, from_format, len(conv.state_dict), dropped)
     for note in conv.notes:
         (logger.warning if note.startswith("assumed") else logger.info)("%s: %s", conv.source, note)
-    tok = Tokenizer(model, conv.config)
     if out is not None:
         out_dir = Path(out)
-        tok.name = out_dir.name
-        tok.save_pretrained(out_dir, card=model_card_fields(conv))
-        tok.name = str(out_dir.resolve())
-    return tok
+        state = {k: v.to(expected[k].dtype) for k, v in conv.state_dict.items()}  # float32, as the model
+        card = model_card(out_dir.name, conv.config, **model_card_fields(conv))
+        conv.out = save_folder(out_dir, config_to_dict(conv.config), state, card=card)
+    return conv
 
 
 def model_card_fields(conv: Conversion) -> dict[str, Any]:
