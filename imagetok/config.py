@@ -4,8 +4,8 @@ A config names the architecture (``family``) and every hyper-parameter needed to
 the preprocessing the model expects (``resolution``, ``input_range``). VQGAN keys keep
 taming-transformers' names so a taming ``model.yaml`` maps over one to one.
 
-``config_from_dict`` is strict: unknown keys, wrong types and impossible values raise
-:class:`~imagetok.errors.ConfigError` naming the key and what was expected.
+``config_from_dict`` is strict: unknown keys, wrong types, impossible values and sizes above the
+``MAX_*`` bounds below raise :class:`~imagetok.errors.ConfigError` naming the key and what was expected.
 """
 
 from __future__ import annotations
@@ -19,6 +19,17 @@ from typing import Any, ClassVar, Union, get_type_hints
 from .errors import ConfigError
 
 FORMAT_VERSION = 1
+
+# Upper bounds on sizes: a config.json comes from the Hub or a user folder, and must not be able to
+# ask for more memory than any real tokenizer needs. Published models use ch <= 256, codebooks up
+# to 262144 (2**18) entries of up to 256 dimensions, f <= 32 and resolution <= 1024.
+MAX_CHANNELS = 4096  # any layer's channel count (VQGAN ch * ch_mult, z_channels; VQ-VAE channel)
+MAX_CODEBOOK = 2**20  # codes per codebook (n_embed)
+MAX_EMBED_DIM = 4096  # code dimension (embed_dim)
+MAX_CODEBOOK_ELEMENTS = 2**28  # n_embed * embed_dim: a 1 GiB float32 codebook
+MAX_LEVELS = 8  # VQGAN resolution levels (len(ch_mult)): f <= 128
+MAX_BLOCKS = 32  # residual blocks per level (num_res_blocks, n_res_block)
+MAX_RESOLUTION = 8192  # the default image side (resolution)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,16 @@ class VQGANConfig:
         _positive(self, "ch", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "resolution")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ConfigError(f"ch_mult must be a non-empty list of positive ints, got {list(self.ch_mult)}")
+        _at_most(self, ch=("MAX_CHANNELS", MAX_CHANNELS), z_channels=("MAX_CHANNELS", MAX_CHANNELS),
+                 num_res_blocks=("MAX_BLOCKS", MAX_BLOCKS))  # fmt: skip
+        if len(self.ch_mult) > MAX_LEVELS:
+            raise ConfigError(f"ch_mult may have at most {MAX_LEVELS} levels (imagetok.config.MAX_LEVELS), got {len(self.ch_mult)}")
+        if self.ch * max(self.ch_mult) > MAX_CHANNELS:
+            raise ConfigError(
+                f"ch * ch_mult must be at most {MAX_CHANNELS} (imagetok.config.MAX_CHANNELS), got {self.ch} * {max(self.ch_mult)}"
+            )
+        if len(self.attn_resolutions) > MAX_LEVELS:
+            raise ConfigError(f"attn_resolutions may list at most {MAX_LEVELS} sizes, got {len(self.attn_resolutions)}")
         for m in (1, *self.ch_mult):
             if (self.ch * m) % 32:
                 raise ConfigError(
@@ -138,9 +159,32 @@ def _positive(cfg: Any, *names: str) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
+def _at_most(cfg: Any, **limits: tuple[str, int]) -> None:
+    """``name=(constant name, limit)``: raise ConfigError naming the limit when a field exceeds it."""
+    for name, (const, limit) in limits.items():
+        if getattr(cfg, name) > limit:
+            raise ConfigError(f"{name} must be at most {limit} (imagetok.config.{const}), got {getattr(cfg, name)}")
+
+
+def _check_sizes(cfg: Any) -> None:
+    """Bounds every family shares (on the fields it has): codebook and default image size."""
+    limits = {"n_embed": ("MAX_CODEBOOK", MAX_CODEBOOK), "embed_dim": ("MAX_EMBED_DIM", MAX_EMBED_DIM),
+              "resolution": ("MAX_RESOLUTION", MAX_RESOLUTION)}  # fmt: skip
+    _at_most(cfg, **{k: v for k, v in limits.items() if hasattr(cfg, k)})
+    if any(k > MAX_CODEBOOK for k in cfg.codebook_sizes):
+        raise ConfigError(f"codebooks may have at most {MAX_CODEBOOK} codes (imagetok.config.MAX_CODEBOOK), got {list(cfg.codebook_sizes)}")
+    if hasattr(cfg, "n_embed") and hasattr(cfg, "embed_dim") and cfg.n_embed * cfg.embed_dim > MAX_CODEBOOK_ELEMENTS:
+        raise ConfigError(
+            f"n_embed * embed_dim must be at most {MAX_CODEBOOK_ELEMENTS} (imagetok.config.MAX_CODEBOOK_ELEMENTS), "
+            f"got {cfg.n_embed} * {cfg.embed_dim}"
+        )
+
+
 def _vqvae_common(cfg: Any) -> None:
     if cfg.n_res_block < 0:
         raise ConfigError(f"n_res_block must be >= 0, got {cfg.n_res_block}")
+    _at_most(cfg, channel=("MAX_CHANNELS", MAX_CHANNELS), n_res_channel=("MAX_CHANNELS", MAX_CHANNELS),
+             n_res_block=("MAX_BLOCKS", MAX_BLOCKS))  # fmt: skip
     if cfg.channel % 2:
         raise ConfigError(f"channel must be even (the first conv has channel // 2), got {cfg.channel}")
     if cfg.in_channels != 3:
@@ -208,6 +252,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     kwargs = {k: _coerce(cls, k, hints[k], v) for k, v in data.items()}
     cfg = cls(**kwargs)
     cfg._check()
+    _check_sizes(cfg)
     _check_common(cfg)
     return cfg
 

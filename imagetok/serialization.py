@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
+from torch.overrides import TorchFunctionMode
 from safetensors.torch import load_file
 from safetensors.torch import save as _st_save
 
@@ -148,9 +149,28 @@ def load_weights_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
+# In-place value ops that weight initialisation applies to fresh tensors: on the meta device they have
+# nothing to compute, and torch would import its reference implementations (sympy...) to run them
+# (seconds on the first call). They are skipped; shape- and flag-changing in-place ops are not.
+_INIT_OPS = frozenset(
+    "uniform_ normal_ trunc_normal_ fill_ zero_ copy_ mul_ add_ sub_ div_ clamp_ clamp_min_ clamp_max_ erfinv_ "
+    "exponential_ bernoulli_ random_ log_normal_ cauchy_ geometric_ addcmul_ addcdiv_ sqrt_ neg_ abs_".split()
+)
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _INIT_OPS or getattr(func, "__module__", None) == "torch.nn.init":
+            t = args[0] if args else kwargs.get("tensor")  # torch.nn.init functions pass it by keyword
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
+
+
 def build_on_meta(build: Callable[[Any], torch.nn.Module], config: Any) -> torch.nn.Module:
     """``build(config)`` on the meta device: shapes only, no memory, no random initialisation."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaInit():
         return build(config)
 
 

@@ -161,3 +161,53 @@ def test_from_config_seed_is_deterministic(tiny_configs):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert np.isclose(sum(p.numel() for p in a.model.parameters()), sum(v.numel() for v in sa.values()))
+
+
+# --------------------------------------------------------------------- hostile config.json
+HOSTILE_SCRIPT = r"""
+import json, resource, sys, time
+from pathlib import Path
+import torch
+from imagetok import Tokenizer
+from imagetok.errors import ConfigError, WeightsError
+
+folder = Path(sys.argv[1])
+Tokenizer.from_config({"family": "vqgan", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                       "z_channels": 8, "embed_dim": 8, "n_embed": 16, "resolution": 32}).save_pretrained(folder)
+cfg = json.loads((folder / "config.json").read_text())
+from safetensors.torch import load_file, save_file
+save_file(load_file(folder / "model.safetensors"), folder / "model.safetensors")  # no config hash: shapes decide
+out = {}
+for case, change in [("n_embed 2**33", {"n_embed": 2**33}),
+                     ("in bounds, 4 GB", {"ch": 1024, "ch_mult": [1, 2, 4, 4], "z_channels": 4096, "embed_dim": 256,
+                                           "n_embed": 2**20, "num_res_blocks": 2, "mid_attn": True})]:
+    (folder / "config.json").write_text(json.dumps(dict(cfg, **change)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    try:
+        Tokenizer.from_pretrained(folder)
+        err = None
+    except (ConfigError, WeightsError) as e:
+        err = f"{type(e).__name__}: {e}"
+    out[case] = {"error": err, "seconds": time.perf_counter() - t,
+                 "peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+print(json.dumps(out))
+"""
+
+
+def test_hostile_config_fails_at_once_without_allocating(tmp_path):
+    """A config.json that asks for a huge network fails before anything is allocated: sizes are bounded,
+    and a config within the bounds is built on the meta device and checked against the weights' header.
+    Peak RSS growth is measured in a fresh process (ru_maxrss)."""
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, str(tmp_path / "m")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    huge, big = out["n_embed 2**33"], out["in bounds, 4 GB"]
+    assert huge["error"].startswith("ConfigError") and "MAX_CODEBOOK" in huge["error"]
+    assert big["error"].startswith("WeightsError") and "shape mismatches" in big["error"]
+    for case in (huge, big):
+        assert case["peak_mb"] < 300 and case["seconds"] < 10, out
