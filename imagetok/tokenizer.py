@@ -47,6 +47,18 @@ Tokens = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 _DEFAULT: Any = object()
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block (restored after). These
+    are process-wide switches: another thread running CUDA work meanwhile also sees them off."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+
+
 class Tokenizer:
     """A VQ-VAE, VQ-VAE-2 or VQGAN image tokenizer.
 
@@ -246,9 +258,13 @@ class Tokenizer:
         self._fast = on
 
     def _fast_context(self) -> Any:
-        """bf16 autocast on the model's device when the fast path is on, else a no-op context."""
+        """bf16 autocast on the model's device when the fast path is on; on CUDA, the exact path
+        runs its convolutions and matmuls without TF32 (PyTorch enables TF32 for cuDNN
+        convolutions by default); otherwise a no-op context."""
         if self._fast and self.device.type in ("cpu", "cuda"):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.device.type == "cuda":
+            return _no_tf32()
         return contextlib.nullcontext()
 
     @property

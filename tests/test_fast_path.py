@@ -11,14 +11,15 @@ import torch
 from imagetok import Tokenizer
 from imagetok.models import quantizer as qmod
 from imagetok.models.quantizer import nearest_code
+from test_quantizer import direct_argmin
 
 SCREENS = ["bf16", "fp32", "f64"]
 
 
 def float64_argmin(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Brute force: float64 squared distances of the float32 values, first index on ties."""
-    z, e = z.float().double(), codebook.float().double()
-    return ((e * e).sum(1) - 2 * z @ e.t()).argmin(1)
+    """Brute force: float64 squared distances sum((z - e)^2) of the float32 values (the direct form,
+    not the search's expanded one), first index on ties."""
+    return direct_argmin(z, codebook)
 
 
 def _case(name: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

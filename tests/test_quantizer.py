@@ -4,6 +4,7 @@ invariance, bounded memory, float32 search under bf16 networks."""
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,28 @@ from imagetok.models.quantizer import GumbelQuantizer, VectorQuantizer, nearest_
 
 
 def brute_force(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 squared distances [N, K] and their argmin."""
-    z, codebook = z.detach().double(), codebook.detach().double()
-    d = z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.t()
+    """float64 squared distances [N, K] of the float32 values in the direct form sum((z - e)^2)
+    (not the expanded |z|^2 + |e|^2 - 2 z.e that the search's screens use), and their argmin
+    (first index on ties)."""
+    z, e = z.detach().float().double(), codebook.detach().float().double()
+    d = torch.cat([((z[i : i + 64, None, :] - e[None]) ** 2).sum(2) for i in range(0, z.shape[0], 64)])
     return d, d.argmin(1)
+
+
+def direct_argmin(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The float64 direct-form argmin (see :func:`brute_force`)."""
+    return brute_force(z, codebook)[1]
+
+
+def exact_argmin(z: torch.Tensor, codebook: torch.Tensor) -> list[int]:
+    """Exact rational arithmetic: the nearest code of each float32 vector (first index on ties)."""
+    codes = [[Fraction(float(v)) for v in row] for row in codebook.float().tolist()]
+    out = []
+    for row in z.float().tolist():
+        zf = [Fraction(float(v)) for v in row]
+        dists = [sum((a - b) ** 2 for a, b in zip(zf, c)) for c in codes]
+        out.append(dists.index(min(dists)))
+    return out
 
 
 def assert_nearest(idx: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor) -> None:
@@ -170,3 +189,27 @@ def test_gumbel_quantizer_indices_are_float32_argmax():
     assert torch.equal(q.codes_to_indices(h.to(torch.bfloat16)), q.codes_to_indices(h.to(torch.bfloat16).float()))
     for i in range(3):  # per image: batch invariant
         assert torch.equal(q.codes_to_indices(h[i : i + 1])[0], ref[i])
+
+
+def _far_near_ties(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The review's case: z = [4096, 0, 0, 0], codes [4097, 1e-6 (k-1-j), 0, 0]: code k-1 is nearest
+    (distance 1), code 0 farthest by ~1e-9: below float64 precision of |z|^2 + |e|^2."""
+    e = torch.zeros(k, 4)
+    e[:, 0] = 4097.0
+    e[:, 1] = 1e-6 * torch.arange(k - 1, -1, -1, dtype=torch.float64).float()
+    return torch.tensor([[4096.0, 0.0, 0.0, 0.0]]), e
+
+
+@pytest.mark.parametrize("screen", ["auto", "bf16", "fp32", "f64"])
+def test_nearest_code_matches_exact_rational_arithmetic(screen):
+    """Small cases against Fraction arithmetic (independent of any float formula): far-off vectors
+    with near-tied codes (more and fewer than MAX_CANDIDATES of them), random data, near-copies."""
+    cases = [_far_near_ties(40), _far_near_ties(30)]
+    g = torch.Generator().manual_seed(7)
+    cases.append((torch.randn(20, 6, generator=g), torch.randn(50, 6, generator=g)))
+    base = torch.randn(8, 5, generator=g) * 3 + 100.0
+    cb = torch.cat([base, base + 1e-5 * torch.randn(8, 5, generator=g), base + 2e-5 * torch.randn(8, 5, generator=g)])
+    cases.append((base[[0, 3, 5]] + 5e-6 * torch.randn(3, 5, generator=g), cb))
+    for z, e in cases:
+        assert nearest_code(z, e, screen=screen).tolist() == exact_argmin(z, e)
+    assert nearest_code(*_far_near_ties(40), screen=screen).tolist() == [39]

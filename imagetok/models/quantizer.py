@@ -31,8 +31,10 @@ BF16_MIN_DIM = 64
 # codebook in float64.
 MAX_CANDIDATES = 32
 # Rows decided over the whole codebook are processed in groups of this many (zero-padded, so the
-# float64 product has one shape whatever the batch).
+# float64 blocks have one shape whatever the batch), against codes in blocks of at most this many
+# float64 elements ([group, codes, D]: 32 MiB).
 DENSE_GROUP = 16
+DENSE_BLOCK = 2**22
 
 _F32_EPS, _BF16_EPS = 2.0**-24, 2.0**-8  # unit roundoffs (round to nearest)
 
@@ -71,7 +73,8 @@ def _no_autocast(device: torch.device):
 class _CodeSearch:
     """Exact nearest-code search against one codebook, prepared once per call.
 
-    ``screen="f64"``: float64 distances, argmin directly (a reference; slower than fp32 here).
+    ``screen="f64"``: float64 distances in the direct form ``sum((z - e)**2)``, argmin directly (a
+    reference; much slower).
 
     ``"bf16"`` / ``"fp32"``: a block of vectors is *screened* with one matrix product in that
     precision. A rigorous bound ``|approx - exact| <= A + u*|approx|`` on the screening error then
@@ -80,8 +83,9 @@ class _CodeSearch:
     rows still open get their candidates' exact squared distances ``sum((z - e)**2)`` in float64
     (past ``MAX_CANDIDATES`` candidates, a float64 search of the whole codebook).
 
-    Either way the answer is the exact argmin of the float32 inputs (up to float64 rounding)
-    whatever the screening precision, the hardware or the other vectors in the batch. The
+    Either way the answer is the argmin of the direct-form float64 distances of the float32 inputs
+    (exact up to float64 rounding of ``(z - e)**2`` and its sum) whatever the screening precision,
+    the hardware or the other vectors in the batch. The
     argmin over codes is taken in two cheap steps (minima of groups of codes, then inside the
     best group), since a plain argmin or min-with-index is several times slower than ``amin``.
     """
@@ -91,7 +95,7 @@ class _CodeSearch:
         self.screen = screen
         self.group = math.gcd(self.k, 64)
         self._fp32: _CodeSearch | None = None
-        self._e64: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._e64: torch.Tensor | None = None
         if screen == "f64":
             self._dense_setup()
             return
@@ -136,11 +140,7 @@ class _CodeSearch:
         if self.k == 1 or n == 0:
             return torch.zeros(n, dtype=torch.long, device=z.device)
         if self.screen == "f64":
-            e64, e64_sq = self._e64
-            dist = torch.addmm(e64_sq, z.double(), e64.t(), beta=1.0, alpha=-2.0)  # [n, K], |z-e|^2 - |z|^2
-            out = self._argmin(dist)
-            bad = ~torch.isfinite(z).all(1)
-            return out.masked_fill_(bad, 0) if bool(bad.any()) else out
+            return self._dense(z)
         z_sq = (z.double() ** 2).sum(1)
         if self.screen == "bf16":
             za = torch.empty(n, self.cols, dtype=torch.bfloat16, device=z.device)
@@ -192,14 +192,6 @@ class _CodeSearch:
         e2 = torch.minimum(e_max, nz + (upper1 + shift).clamp_min(0).sqrt() * (1 + 2 * _F32_EPS))
         return upper1, self._err(nz, e2)
 
-    def _argmin(self, dist: torch.Tensor) -> torch.Tensor:
-        """Row argmin of ``dist`` [n, K] (lowest index on ties) via group minima."""
-        n = dist.shape[0]
-        grouped = dist.view(n, self.k // self.group, self.group)
-        best_group = grouped.amin(2).argmin(1)
-        cols = torch.arange(n, device=dist.device)
-        return best_group * self.group + grouped[cols, best_group].argmin(1)
-
     def _two_smallest(self, keys: torch.Tensor, top: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row of ``keys`` [n, K] (possibly a transposed view): argmin, min, second smallest."""
         n = keys.shape[0]
@@ -244,25 +236,43 @@ class _CodeSearch:
             win.scatter_reduce_(0, r, torch.where(dist == best[r], k, self.k), "amin")
             out[idx] = win[idx]
         many = (counts > MAX_CANDIDATES).nonzero()[:, 0]
-        for start in range(0, many.numel(), DENSE_GROUP):
-            sel = many[start : start + DENSE_GROUP]
-            out[sel] = self._dense(z[sel])
+        if many.numel():
+            out[many] = self._dense(z[many])
         # rows without any candidate hold non-finite values: token 0 (as argmin over NaN gives)
         return out.clamp_(0, self.k - 1)
 
     def _dense_setup(self) -> None:
         if self._e64 is None:
-            e64 = self.e.double()
-            self._e64 = (e64, (e64 * e64).sum(1))
+            self._e64 = self.e.double()
 
     def _dense(self, z: torch.Tensor) -> torch.Tensor:
-        """Float64 argmin over the whole codebook for up to ``DENSE_GROUP`` rows."""
+        """Float64 argmin over the whole codebook with the direct form ``sum((z - e)**2)``.
+
+        The expanded form ``|e|^2 - 2 z.e`` loses everything below float64 precision of
+        ``|z|^2 + |e|^2`` (not of the distance), so far-off vectors with near-tied codes could get a
+        code that is not the nearest. Rows go ``DENSE_GROUP`` at a time, zero-padded, and codes in
+        blocks of ``DENSE_BLOCK`` elements, so every block has one shape whatever the batch; ties go
+        to the lowest index; non-finite rows get 0.
+        """
         self._dense_setup()
-        e64, e64_sq = self._e64
-        m = z.shape[0]
-        z64 = torch.zeros(DENSE_GROUP, self.d, dtype=torch.float64, device=z.device)
-        z64[:m] = z
-        return self._argmin(torch.addmm(e64_sq, z64, e64.t(), beta=1.0, alpha=-2.0))[:m]
+        e64 = self._e64
+        n = z.shape[0]
+        out = torch.zeros(n, dtype=torch.long, device=z.device)
+        kb = max(1, DENSE_BLOCK // (DENSE_GROUP * self.d))
+        for start in range(0, n, DENSE_GROUP):
+            m = min(DENSE_GROUP, n - start)
+            z64 = torch.zeros(DENSE_GROUP, 1, self.d, dtype=torch.float64, device=z.device)
+            z64[:m, 0] = z[start : start + m]
+            best = torch.full((DENSE_GROUP,), float("inf"), dtype=torch.float64, device=z.device)
+            idx = torch.zeros(DENSE_GROUP, dtype=torch.long, device=z.device)
+            for k0 in range(0, self.k, kb):
+                dist = ((z64 - e64[None, k0 : k0 + kb]) ** 2).sum(2)  # [group, kb], direct form
+                v, j = dist.min(1)  # first minimum: the lowest index on ties
+                better = v < best  # strict: an earlier block keeps its tie
+                best = torch.where(better, v, best)
+                idx = torch.where(better, j + k0, idx)
+            out[start : start + m] = idx[:m]
+        return out
 
 
 def nearest_code(
@@ -280,8 +290,9 @@ def nearest_code(
             ``D >= 64``, else fp32. It changes the speed only, never the result.
 
     Returns:
-        LongTensor ``[N]`` in ``[0, K)``: the exact nearest code of each float32 vector, i.e. what
-        a float64 brute-force argmin gives (ties go to the lowest index). Non-finite rows get 0.
+        LongTensor ``[N]`` in ``[0, K)``: the nearest code of each float32 vector, i.e. what a
+        float64 brute-force argmin of ``sum((z - e)**2)`` gives (ties go to the lowest index).
+        Non-finite rows get 0.
 
     Each vector's token is decided from that vector alone, so it does not depend on which or how
     many other vectors are searched with it.
@@ -290,6 +301,10 @@ def nearest_code(
         raise ValueError(f"expected z [N, D] and codebook [K, D], K > 0; got {tuple(z.shape)} and {tuple(codebook.shape)}")
     if screen not in ("auto", "bf16", "fp32", "f64"):
         raise ValueError(f"screen must be 'auto', 'bf16', 'fp32' or 'f64', got {screen!r}")
+    if screen == "bf16" and z.device.type != "cpu":
+        # the error bound assumes one fp32-accumulated GEMM rounded once (oneDNN on CPU); CUDA may
+        # split the reduction in reduced precision
+        raise ValueError(f"screen='bf16' is only sound on the CPU, got a tensor on {z.device}; use 'auto' or 'fp32'")
     with torch.no_grad(), _no_autocast(z.device):
         e = codebook.detach().to(device=z.device, dtype=torch.float32).contiguous()
         if screen == "auto":
