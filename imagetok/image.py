@@ -8,30 +8,44 @@ Accepted inputs (one image or a list of them):
   in [0, 1];
 - a torch tensor ``CxHxW`` or ``BxCxHxW`` with C in {1, 3}; uint8 (0..255) or float in [0, 1].
 
-Alpha is composited onto white; grayscale is repeated to RGB; files are turned upright by their EXIF
-orientation; float images whose values are exactly 8-bit levels (``uint8 / 255``, as from
+Alpha is composited onto white; grayscale is repeated to RGB; files and PIL images are turned
+upright by their EXIF orientation (so a path and ``Image.open`` of it give the same tokens); float images whose values are exactly 8-bit levels (``uint8 / 255``, as from
 ``ToTensor``) are treated as the uint8 image, so they give the same tokens as the file they came
 from. Every image is then resized so its
 shorter side is ``size`` (bicubic, antialiased) and centre-cropped to ``size x size``; with
-``size=None`` it keeps its own size, centre-cropped to a multiple of the model's downsampling factor.
-The result is float32 ``[B, 3, H, W]`` in [0, 1].
+``size="native"`` it keeps its own size, centre-cropped to a multiple of the model's downsampling
+factor. The result is float32 ``[B, 3, H, W]`` in [0, 1].
+
+Limits, checked before any large allocation (raise them by setting the module attribute):
+
+- a file with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused right after its header is
+  read (decompression-bomb guard; an explicit check, no process-wide warning filter);
+- ``size`` and each side of a ``"native"``-size image at most :data:`MAX_SIZE`;
+- the resized image before its centre crop at most :data:`MAX_RESIZE_PIXELS` pixels (a 1x40000
+  strip would otherwise be resized to 256x10240000);
+- animated files (GIF, APNG, WebP... with more than one frame) are refused: open the file with PIL,
+  ``seek()`` to the frame you want and pass that image (a PIL image is read at its current frame).
+
+Importing imagetok changes no PIL setting; a truncated file is an error unless the caller has set
+``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+NATIVE = "native"  # size=NATIVE: keep each image's own size (cropped to a multiple of the factor)
+MAX_SIZE = 4096  # largest `size`, and largest side of a native-size image
+MAX_RESIZE_PIXELS = 64 * 2**20  # largest resized image before the centre crop (64 Mpx: 192 MB as uint8)
 
 
 def load_image(path: str | os.PathLike, *, draft_size: int | None = None) -> Image.Image:
@@ -74,18 +88,23 @@ def read_image(
         if fp.is_dir():
             raise InputError(f"{label}: is a directory, expected an image file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:
-                original = im.size
-                if draft_size and im.format == "JPEG" and min(im.size) >= 2 * draft_size:
-                    im.draft(None, (draft_size, draft_size))
-                im.load()
-                img = _exif_upright(im)
-                if img.size != im.size:  # turned by 90 degrees: report the upright size
-                    original = original[::-1]
-                img = img if img.mode != "P" else img.convert("RGBA")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with Image.open(fp) as im:  # reads the header only
+            _check_pixels(im, label)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise InputError(
+                    f"{label}: animated image with {frames} frames; imagetok encodes still images: open it with "
+                    "PIL, seek() to the frame you want and pass that image"
+                )
+            original = im.size
+            if draft_size and im.format == "JPEG" and min(im.size) >= 2 * draft_size:
+                im.draft(None, (draft_size, draft_size))
+            im.load()
+            img = _exif_upright(im)
+            if img.size != im.size:  # turned by 90 degrees: report the upright size
+                original = original[::-1]
+            img = img if img.mode != "P" else img.convert("RGBA")
+    except Image.DecompressionBombError as e:  # PIL's own check (over twice the limit)
         raise InputError(f"{label}: image too large ({e}); raise PIL.Image.MAX_IMAGE_PIXELS to allow it") from None
     except UnidentifiedImageError:
         raise InputError(f"{label}: not an image file PIL can read") from None
@@ -96,12 +115,31 @@ def read_image(
     return img, original
 
 
+def _check_pixels(im: Image.Image, label: str) -> None:
+    """The decompression-bomb guard: refuse more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (header size)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+        raise InputError(
+            f"{label}: image too large ({im.width}x{im.height} = {im.width * im.height} pixels, more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {limit}, a decompression-bomb guard); raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
+        )
+
+
 def _exif_upright(im: Image.Image) -> Image.Image:
     """A copy of ``im`` rotated/flipped as its EXIF orientation says (unreadable EXIF is ignored)."""
     try:
         return ImageOps.exif_transpose(im)
     except Exception:  # a damaged EXIF block: use the pixels as stored, as other readers do
         return im.copy()
+
+
+def _pil_upright(img: Image.Image) -> Image.Image:
+    """A PIL image turned upright by its EXIF orientation, as files are (unchanged when it has none)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: use the pixels as stored
+        return img
+    return img if orientation in (1, None) else _exif_upright(img)
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -234,7 +272,7 @@ def to_rgb_arrays(images: Any, *, draft_size: int | None = None) -> tuple[list[n
     if isinstance(images, (str, os.PathLike)):
         return [_pil_to_array(load_image(images, draft_size=draft_size))], False, [str(images)]
     if isinstance(images, Image.Image):
-        return [_pil_to_array(images)], False, [None]
+        return [_pil_to_array(_pil_upright(images))], False, [None]
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4 and len(images) == 0:
         raise InputError(f"got an empty batch of images, shape {tuple(images.shape)}")
     if isinstance(images, np.ndarray):
@@ -265,26 +303,46 @@ def _center_crop(a: np.ndarray, w: int, h: int) -> np.ndarray:
     return a[top : top + h, left : left + w]
 
 
-def fit(a: np.ndarray, size: int | None, factor: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and centre-crop to ``size x size``; with ``size=None``
-    only centre-crop each side down to a multiple of ``factor``."""
+def fit(a: np.ndarray, size: int | str | None, factor: int, *, name: str | None = None) -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop to ``size x size``; with ``size="native"``
+    (or None) only centre-crop each side down to a multiple of ``factor``.
+
+    Raises:
+        InputError: the result would exceed :data:`MAX_SIZE` per side or the resized image
+            :data:`MAX_RESIZE_PIXELS` (checked before resizing); the message names the image.
+    """
+    label = f"{name}: " if name else ""
     h, w = a.shape[:2]
-    if size is None:
+    if size is None or size == NATIVE:
         nh, nw = h - h % factor, w - w % factor
         if nh == 0 or nw == 0:
-            raise InputError(f"image of size {w}x{h} is smaller than the model's downsampling factor {factor}")
+            raise InputError(f"{label}image of size {w}x{h} is smaller than the model's downsampling factor {factor}")
+        if max(nh, nw) > MAX_SIZE:
+            raise InputError(
+                f"{label}image of size {w}x{h} is larger than imagetok.image.MAX_SIZE = {MAX_SIZE} per side at its "
+                "native size; pass a size, or raise imagetok.image.MAX_SIZE"
+            )
         return _center_crop(a, nw, nh)
     scale = size / min(h, w)
     rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    if rw * rh > MAX_RESIZE_PIXELS:
+        raise InputError(
+            f"{label}image of size {w}x{h} would be resized to {rw}x{rh} before its centre crop, more than "
+            f"imagetok.image.MAX_RESIZE_PIXELS = {MAX_RESIZE_PIXELS} pixels (aspect ratio {max(w, h) / min(w, h):.0f}:1); "
+            "crop it first, or raise imagetok.image.MAX_RESIZE_PIXELS"
+        )
     return _center_crop(_resize(a, rw, rh), size, size)
 
 
-def check_size(size: int | None, factor: int) -> None:
-    """Raise InputError unless ``size`` is None or a positive multiple of ``factor``."""
-    if size is None:
+def check_size(size: int | str | None, factor: int) -> None:
+    """Raise InputError unless ``size`` is ``"native"`` (None: the same) or a positive multiple of
+    ``factor`` up to :data:`MAX_SIZE`."""
+    if size is None or size == NATIVE:
         return
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise InputError(f"size must be a positive int or None, got {size!r}")
+        raise InputError(f"size must be a positive int or 'native', got {size!r}")
+    if size > MAX_SIZE:
+        raise InputError(f"size {size} is larger than imagetok.image.MAX_SIZE = {MAX_SIZE}; raise imagetok.image.MAX_SIZE to allow it")
     if size % factor:
         lo = max(factor, size - size % factor)
         raise InputError(
@@ -293,12 +351,21 @@ def check_size(size: int | None, factor: int) -> None:
         )
 
 
-def to_tensor(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """Equal-sized HxWx3 arrays -> float32 ``[B, 3, H, W]`` in [0, 1]."""
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        sizes = sorted(f"{s[1]}x{s[0]}" for s in shapes)
-        raise InputError(f"images in one batch must share a size after preprocessing, got {sizes}; pass size=N")
+def to_tensor(arrays: Sequence[np.ndarray], names: Sequence[str | None] | None = None) -> torch.Tensor:
+    """Equal-sized HxWx3 arrays -> float32 ``[B, 3, H, W]`` in [0, 1].
+
+    Raises:
+        InputError: the arrays differ in size; the message names the first image that differs
+            from the first one (its file name when ``names`` has it, else its position).
+    """
+    first = arrays[0].shape
+    for i, a in enumerate(arrays):
+        if a.shape != first:
+            label = lambda j: (names[j] if names and names[j] else f"image {j}")  # noqa: E731
+            raise InputError(
+                f"images in one batch must share a size after preprocessing: {label(i)} is {a.shape[1]}x{a.shape[0]}, "
+                f"{label(0)} is {first[1]}x{first[0]}; pass size=N to resize them all, or encode them one by one"
+            )
     batch = np.stack([a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a for a in arrays])
     return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous()
 

@@ -313,8 +313,8 @@ class Tokenizer:
         size = self.default_size if size is _DEFAULT else size
         factor = max(self.downsample_factors)
         _image.check_size(size, factor)
-        arrays, is_batch, _ = _image.to_rgb_arrays(images)  # full decode: a path and its PIL image give the same tokens
-        return _image.to_tensor([_image.fit(a, size, factor) for a in arrays]), is_batch
+        arrays, is_batch, names = _image.to_rgb_arrays(images)  # full decode: a path and its PIL image give the same tokens
+        return _image.to_tensor([_image.fit(a, size, factor, name=n) for a, n in zip(arrays, names)], names), is_batch
 
     def encode(self, images: Any, *, size: int | None = _DEFAULT) -> Tokens:
         """Images -> integer token grids.

@@ -307,3 +307,70 @@ def test_image_smaller_than_factor_with_size_none(tiny_tokenizer):
 
 def test_errors_are_imagetok_errors_and_value_errors():
     assert issubclass(InputError, ImagetokError) and issubclass(InputError, ValueError)
+
+
+# ------------------------------------------------------------------ EXIF, bombs, PIL globals, limits
+def test_exif_rotated_jpeg_path_and_pil_give_the_same_tokens(tiny_tokenizer, make_image, tmp_path):
+    tok = tiny_tokenizer("vqgan")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(make_image(48, 80, seed=5)).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    by_path = tok.encode(tmp_path / "rot.jpg", size="native")
+    with Image.open(tmp_path / "rot.jpg") as f:
+        assert_same_tokens(tok.encode(f, size="native"), by_path)
+        assert levels(by_path)[0].shape[0] > levels(by_path)[0].shape[1]  # upright: taller than wide
+        from PIL import ImageOps
+
+        assert_same_tokens(tok.encode(ImageOps.exif_transpose(f), size="native"), by_path)  # not turned twice
+
+
+def test_bomb_guard_is_an_explicit_check_not_a_warning_filter(tiny_tokenizer, make_image, tmp_path, monkeypatch):
+    import warnings
+
+    tok = tiny_tokenizer("vqvae", spread=False)
+    Image.fromarray(make_image(64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a process that ignores warnings is still protected
+        before = list(warnings.filters)
+        with pytest.raises(InputError, match=r"64x64 = 4096 pixels, more than PIL.Image.MAX_IMAGE_PIXELS = 3000"):
+            tok.encode(tmp_path / "big.png")
+        assert warnings.filters == before
+
+
+def test_import_changes_no_pil_global():
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, numpy, torch; from PIL import Image, ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; "
+        "Image.MAX_IMAGE_PIXELS = 123; f = list(warnings.filters); import imagetok, imagetok.image, imagetok.tokenizer; "
+        "print(ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS, warnings.filters == f)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "123", "True"]
+
+
+def test_extreme_shapes_are_refused_up_front(tiny_tokenizer, tmp_path):
+    tok = tiny_tokenizer("vqvae", spread=False)
+    Image.fromarray(np.zeros((1, 40000, 3), np.uint8)).save(tmp_path / "strip.png")  # a few hundred bytes
+    Image.fromarray(np.zeros((2, 3000, 3), np.uint8)).save(tmp_path / "thin.png")
+    assert (tmp_path / "strip.png").stat().st_size < 1000
+    for name in ("strip.png", "thin.png"):
+        with pytest.raises(InputError, match=rf"{name}: image of size .* imagetok.image.MAX_RESIZE_PIXELS"):
+            tok.encode(tmp_path / name, size=256)
+    with pytest.raises(InputError, match="size 25600 is larger than imagetok.image.MAX_SIZE = 4096"):
+        tok.encode(tmp_path / "thin.png", size=25600)
+    with pytest.raises(InputError, match="imagetok.image.MAX_SIZE"):
+        tok.encode(np.zeros((8, 5000, 3), np.uint8), size="native")
+
+
+def test_animated_gif_is_refused_with_the_rule(tiny_tokenizer, make_image, tmp_path):
+    tok = tiny_tokenizer("vqvae", spread=False)
+    frames = [Image.fromarray(make_image(32, 32, seed=s)) for s in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match=r"anim.gif: animated image with 3 frames.*seek\(\)"):
+        tok.encode(tmp_path / "anim.gif")
+    with Image.open(tmp_path / "anim.gif") as f:  # a PIL image: its current frame, as documented
+        f.seek(1)
+        assert tok.encode(f).shape == (8, 8)
