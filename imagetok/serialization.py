@@ -287,10 +287,17 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, overwrite: bool 
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        if not overwrite:  # best effort: refuse if someone created it meanwhile
-            os.link(tmp, p)
-        else:
+        if overwrite:
             os.replace(tmp, p)
+        else:
+            try:
+                os.link(tmp, p)  # atomic and exclusive: fails if someone created it meanwhile
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: check, then rename
+                if p.exists():
+                    raise FileExistsError(p) from None
+                os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
     return p

@@ -77,6 +77,7 @@ class Tokenizer:
         self.config = config
         self.name = name
         self._fast = False
+        self._micro_batch = 1
         self._weights_sha256: str | None = None  # of the file loaded (None: computed from the weights)
         self._revision: str | None = None  # resolved Hub commit
 
@@ -308,39 +309,84 @@ class Tokenizer:
         )
 
     # ------------------------------------------------------------------------------- encoding
-    def preprocess(self, images: Any, *, size: int | None = _DEFAULT) -> tuple[torch.Tensor, bool]:
+    def preprocess(self, images: Any, *, size: int | str | None = _DEFAULT) -> tuple[torch.Tensor, bool]:
         """Images (see :mod:`imagetok.image`) -> (float32 ``[B, 3, H, W]`` in [0, 1], is_batch)."""
+        x, is_batch, _ = self._preprocess(images, size)
+        return x, is_batch
+
+    def _preprocess(self, images: Any, size: int | str | None) -> tuple[torch.Tensor, bool, list[str | None]]:
         size = self.default_size if size is _DEFAULT else size
         factor = max(self.downsample_factors)
         _image.check_size(size, factor)
         arrays, is_batch, names = _image.to_rgb_arrays(images)  # full decode: a path and its PIL image give the same tokens
-        return _image.to_tensor([_image.fit(a, size, factor, name=n) for a, n in zip(arrays, names)], names), is_batch
+        return _image.to_tensor([_image.fit(a, size, factor, name=n) for a, n in zip(arrays, names)], names), is_batch, names
 
-    def encode(self, images: Any, *, size: int | None = _DEFAULT) -> Tokens:
+    def encode(self, images: Any, *, size: int | str | None = _DEFAULT, batch_size: int = 16) -> Tokens:
         """Images -> integer token grids.
 
         Args:
             images: a path, PIL image, numpy array or torch tensor (see :mod:`imagetok.image`),
                 or a list of these (a batch).
             size: side length to resize (shorter side) and centre-crop to; defaults to the model's
-                ``resolution``; None keeps each image's size, cropped to a multiple of the
-                downsampling factor.
+                ``resolution``; ``"native"`` keeps each image's size, cropped to a multiple of the
+                downsampling factor (``None`` is accepted as an older spelling of ``"native"``).
+            batch_size: a list is read and preprocessed this many images at a time, so memory
+                stays bounded however long the list is. Tokens do not depend on it (see
+                :attr:`micro_batch`).
 
         Returns:
             int64 ``[h, w]`` for one image, ``[B, h, w]`` for a batch (on the model's device);
             for VQ-VAE-2 a tuple ``(top, bottom)`` of those.
 
         Raises:
-            InputError: unreadable or malformed input (see :mod:`imagetok.image`).
+            InputError: unreadable or malformed input (see :mod:`imagetok.image`), or images of
+                different sizes in one list with ``size="native"`` (the message names the file).
         """
-        x, is_batch = self.preprocess(images, size=size)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(images, (list, tuple)) and len(images) > batch_size:
+            chunks, first = [], None
+            for start in range(0, len(images), batch_size):
+                x, _, names = self._preprocess(list(images[start : start + batch_size]), size)
+                if first is None:
+                    first = (x.shape[2:], names[0] or "image 0")
+                elif x.shape[2:] != first[0]:
+                    label = names[0] or f"image {start}"
+                    raise InputError(
+                        f"images in one batch must share a size after preprocessing: {label} is {x.shape[3]}x{x.shape[2]}, "
+                        f"{first[1]} is {first[0][1]}x{first[0][0]}; pass size=N to resize them all, or encode them one by one"
+                    )
+                chunks.append(self.encode_pixels(x))
+            if isinstance(chunks[0], tuple):
+                return tuple(torch.cat(level) for level in zip(*chunks))
+            return torch.cat(chunks)
+        x, is_batch, _ = self._preprocess(images, size)
         tokens = self.encode_pixels(x)
         if is_batch:
             return tokens
         return tuple(t[0] for t in tokens) if isinstance(tokens, tuple) else tokens[0]
 
+    @property
+    def micro_batch(self) -> int:
+        """Images per network call (default 1). The network always runs on exactly this many images
+        (the last group is zero-padded), so kernels see one input shape whatever the batch size,
+        and tokens do not depend on how many images are encoded together, on the float32 path and
+        on the fast path alike. Raising it may speed up GPUs; tokens then stay batch-size
+        independent as long as the kernels compute each image independently of its position in
+        the group (true on this library's CPU tests; not promised by PyTorch)."""
+        return self._micro_batch
+
+    @micro_batch.setter
+    def micro_batch(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"micro_batch must be a positive int, got {n!r}")
+        self._micro_batch = n
+
     def encode_pixels(self, x: torch.Tensor) -> Tokens:
-        """Float ``[B, 3, H, W]`` in [0, 1] (H, W multiples of the factor) -> ``[B, h, w]`` int64 tokens."""
+        """Float ``[B, 3, H, W]`` in [0, 1] (H, W multiples of the factor) -> ``[B, h, w]`` int64 tokens.
+
+        The network runs on groups of :attr:`micro_batch` images (zero-padded), so tokens do not
+        depend on ``B``."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise InputError(f"expected pixels [B, 3, H, W], got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
@@ -348,6 +394,21 @@ class Tokenizer:
         factor = max(self.downsample_factors)
         if x.shape[2] % factor or x.shape[3] % factor:
             raise InputError(f"height and width must be multiples of {factor}, got {x.shape[3]}x{x.shape[2]}")
+        m, outs = self._micro_batch, []
+        for start in range(0, x.shape[0], m):
+            xb = x[start : start + m]
+            n = xb.shape[0]
+            if n < m:
+                xb = torch.cat([xb, xb.new_zeros(m - n, *xb.shape[1:])])
+            out = self._encode_group(xb)
+            outs.append(tuple(t[:n] for t in out) if isinstance(out, tuple) else out[:n])
+        if len(outs) == 1:
+            return outs[0]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(level) for level in zip(*outs))
+        return torch.cat(outs)
+
+    def _encode_group(self, x: torch.Tensor) -> Tokens:
         lo, hi = self.config.input_range
         with torch.inference_mode(), self._fast_context():
             x = (x.to(self.device, torch.float32) * (hi - lo) + lo).to(self.dtype)

@@ -160,13 +160,14 @@ def test_info(capsys, setup):
 def test_errors_are_one_line(capsys, setup, tmp_path):
     model, _, paths = setup
     (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "bad.json").write_text("{broken")
     np.save(tmp_path / "big_ids.npy", np.full((1, 8, 8), 999, np.int64))
     np.save(tmp_path / "float_ids.npy", np.zeros((1, 8, 8), np.float32))
     cases = [
         (["encode", tmp_path / "missing.png", "-m", model], "no such file"),
         (["encode", tmp_path / "notes.jpg", "-m", model], "not an image"),
-        (["encode", tmp_path, "-m", model], "is a directory"),
+        (["encode", tmp_path / "empty", "-m", model], "holds no image files"),
         (["encode", paths[0], "-m", model, "--size", "30"], "multiple of"),
         (["encode", paths[0], "-m", model, "-o", tmp_path / "t.txt"], "unknown token file type"),
         (["encode", paths[0], "-m", tmp_path / "no-model"], "no-model"),
@@ -183,7 +184,7 @@ def test_errors_are_one_line(capsys, setup, tmp_path):
 
 def test_decode_with_a_different_model_is_refused(capsys, setup, tiny_model_dir, tmp_path):
     model, _, paths = setup
-    run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.safetensors")
+    assert run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.safetensors")[0] == 0
     other = tiny_model_dir("vqvae")
     one_error_line(capsys, "decode", tmp_path / "t.safetensors", "-o", tmp_path / "x.png", "-m", other,
                    match="config hash")
@@ -191,7 +192,7 @@ def test_decode_with_a_different_model_is_refused(capsys, setup, tiny_model_dir,
 
 def test_unwritable_output_is_one_line(capsys, setup, tmp_path):
     model, _, paths = setup
-    run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.json")
+    assert run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.json")[0] == 0
     one_error_line(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "x.notanimage", match="x.notanimage")
     one_error_line(capsys, "reconstruct", paths[0], "-m", model, "-o", tmp_path / "r.notanimage", match="r.notanimage")
 
@@ -202,3 +203,103 @@ def test_debug_env_shows_traceback(capsys, setup, tmp_path, monkeypatch):
     code, _, err = run(capsys, "encode", tmp_path / "missing.png", "-m", model)
     assert code == 1 and "Traceback (most recent call last)" in err and "InputError" in err
     assert err.strip().splitlines()[-1].startswith("imagetok encode: error:")
+
+
+# ------------------------------------------------------------------ folders, outputs, token files
+def test_encode_folders_one_file_per_image_or_one_for_all(capsys, setup, make_image, tmp_path):
+    model, tok, _ = setup
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    (src / ".hidden").mkdir()
+    for i, rel in enumerate(["a.png", "sub/b.jpg", "c.png", ".hidden/d.png"]):
+        Image.fromarray(make_image(40, 48, seed=10 + i)).save(src / rel)
+    (src / "notes.txt").write_text("not an image")
+    code, _, err = run(capsys, "encode", src, "-m", model, "-o", tmp_path / "tok", "--batch-size", "2")
+    assert code == 0 and "encode: 100%" in err  # more than one batch: a progress bar on stderr
+    files = sorted(p.name for p in (tmp_path / "tok").iterdir())
+    assert files == ["a.safetensors", "b.safetensors", "c.safetensors"]
+    for name, rel in [("a", "a.png"), ("b", "sub/b.jpg")]:
+        levels, meta = load_tokens(tmp_path / "tok" / f"{name}.safetensors")
+        assert torch.equal(levels[0][0], tok.encode(src / rel)) and meta["images"] == [str(src / rel)]
+        assert meta["weights_sha256"] == tok.provenance["weights_sha256"]
+    one_error_line(capsys, "encode", src, "-m", model, "-o", tmp_path / "tok", match="exists; pass --overwrite")
+    assert run(capsys, "encode", src, "-m", model, "-o", tmp_path / "tok", "--overwrite")[0] == 0
+    code, _, err = run(capsys, "encode", src, src / "a.png", "-m", model, "-o", tmp_path / "all.json")
+    levels, meta = load_tokens(tmp_path / "all.json")
+    assert code == 0 and levels[0].shape == (4, 8, 8) and len(meta["images"]) == 4
+
+
+def test_outputs_are_checked_before_any_work(capsys, setup, tmp_path):
+    model, _, paths = setup
+    before = paths[0].read_bytes()
+    one_error_line(capsys, "reconstruct", paths[0], "-m", model, "-o", paths[0], match="is an input")
+    assert paths[0].read_bytes() == before
+    one_error_line(capsys, "reconstruct", paths[0], "-m", model, "-o", paths[1], match="exists; pass --overwrite")
+    assert run(capsys, "reconstruct", paths[0], "-m", model, "-o", paths[1], "--overwrite")[0] == 0
+    # output problems are reported before the model is loaded (this model does not exist)
+    for out, match in [(tmp_path / "missing-dir" / "t.safetensors", "no such folder"), (tmp_path / "t.txt", "unknown token file type"),
+                       (paths[1], "unknown token file type")]:
+        one_error_line(capsys, "encode", paths[0], "-m", tmp_path / "no-model", "-o", out, match=match)
+    assert run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.json")[0] == 0
+    one_error_line(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.json", match="exists; pass --overwrite")
+    one_error_line(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "t.json", match="cannot write an image file")
+    assert run(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "x.png")[0] == 0  # the recorded local model
+    one_error_line(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "x.png", match="exists; pass --overwrite")
+    assert run(capsys, "encode", *paths, "-m", model, "-o", tmp_path / "two.json")[0] == 0
+    one_error_line(capsys, "decode", tmp_path / "two.json", "-o", tmp_path / "y.png", match="-o must be a folder")
+
+
+def test_decode_checks_the_weights_and_never_fetches_unasked(capsys, setup, tmp_path, monkeypatch):
+    model, tok, paths = setup
+    assert run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.json")[0] == 0
+    other = Tokenizer.from_pretrained(model)
+    with torch.no_grad():
+        other.model.decoder.conv_out.bias.add_(0.5)  # same config, other weights
+    other.save_pretrained(tmp_path / "other")
+    one_error_line(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "x.png", "-m", tmp_path / "other",
+                   match="other weights; pass --force")
+    assert run(capsys, "decode", tmp_path / "t.json", "-o", tmp_path / "x.png", "-m", tmp_path / "other", "--force")[0] == 0
+    meta = json.loads((tmp_path / "t.json").read_text())
+    meta["model"] = "someone/else"  # a Hub repo id recorded in the file
+    (tmp_path / "hub.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one_error_line(capsys, "decode", tmp_path / "hub.json", "-o", tmp_path / "z.png", match="pass --model someone/else")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.update(images=["a.png"] * 2), "2 image name(s) for 1 token grid"),
+    (lambda m: m.update(images=[3]), "must be a list of strings"),
+    (lambda m: m["levels"][0]["tokens"][0][0].__setitem__(0, 1.5), "must be integers, got 1.5"),
+    (lambda m: m["levels"][0]["tokens"][0][0].__setitem__(0, True), "must be integers, got True"),
+    (lambda m: m.update(levels=[]), "non-empty list"),
+    (lambda m: m.pop("levels"), "non-empty list"),
+])
+def test_malformed_json_token_files_are_refused(capsys, setup, tmp_path, change, match):
+    model, _, paths = setup
+    assert run(capsys, "encode", paths[0], "-m", model, "-o", tmp_path / "t.json")[0] == 0
+    meta = json.loads((tmp_path / "t.json").read_text())
+    change(meta)
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    one_error_line(capsys, "decode", tmp_path / "bad.json", "-o", tmp_path / "x.png", "-m", model, match=match)
+
+
+def test_token_file_writer_and_reader_are_strict(setup, tmp_path):
+    from safetensors.torch import save_file
+
+    from imagetok.errors import InputError
+    from imagetok.tokenfile import save_tokens
+
+    _, tok, _ = setup
+    grids = (torch.zeros(2, 8, 8, dtype=torch.long),)
+    with pytest.raises(InputError, match="1 image name"):
+        save_tokens(tmp_path / "a.safetensors", grids, model="m", config=tok.config, images=["x.png"])
+    with pytest.raises(InputError, match="must be strings, got int"):
+        save_tokens(tmp_path / "a.safetensors", grids, model="m", config=tok.config, images=["x.png", 7])
+    assert not (tmp_path / "a.safetensors").exists()  # nothing written
+    save_tokens(tmp_path / "a.safetensors", grids, model="m", config=tok.config, images=["x.png", "y.png"])
+    with pytest.raises(InputError, match="exists"):
+        save_tokens(tmp_path / "a.safetensors", grids, model="m", config=tok.config)
+    meta = {"imagetok_format": json.dumps("imagetok-tokens/1")}
+    save_file({"ids": grids[0]}, str(tmp_path / "b.safetensors"), metadata=meta)
+    with pytest.raises(InputError, match="named 'tokens'"):
+        load_tokens(tmp_path / "b.safetensors")

@@ -34,19 +34,122 @@ def _levels(tokens) -> tuple:
     return tokens if isinstance(tokens, tuple) else (tokens,)
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
-    from ..tokenfile import save_tokens
+# Image files `imagetok encode FOLDER` picks up (hidden files and folders are skipped).
+ENCODE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
+IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 
+
+def _size_arg(text: str):
+    """``--size``: a side length, ``native`` (keep each image's size) or ``0`` (the same, older spelling)."""
+    if text == "native" or text == "0":
+        return "native"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'native', got {text!r}") from None
+
+
+def _size(args: argparse.Namespace, tok):
+    return tok.default_size if args.size is None else args.size
+
+
+def _expand_images(paths: list[Path]) -> list[Path]:
+    """Files as given; folders walked recursively (sorted) for image files."""
+    out = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(
+                q for q in p.rglob("*")
+                if q.is_file() and q.suffix.lower() in ENCODE_EXTENSIONS
+                and not any(part.startswith(".") for part in q.relative_to(p).parts)
+            )
+            if not found:
+                raise InputError(f"{p}: folder holds no image files ({', '.join(ENCODE_EXTENSIONS)})")
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return out
+
+
+def _check_output(path: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work: an output that is one of the inputs, an existing file without
+    --overwrite, or a missing parent folder."""
+    for i in inputs:
+        if path.exists() and i.exists() and os.path.samefile(path, i) or path.resolve() == i.resolve():
+            raise InputError(f"{path}: is an input; refusing to overwrite it (choose another output path)")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file path")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such folder for the output {path.name}")
+
+
+def _unique_stems(paths: list, count: int) -> list[str]:
+    stems = [Path(p).stem if p else f"{i:05d}" for i, p in enumerate(paths or [None] * count)]
+    if len(set(stems)) != len(stems):
+        stems = [f"{i:05d}_{s}" for i, s in enumerate(stems)]
+    return stems
+
+
+def _progress(total: int, desc: str, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not show, file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from ..tokenfile import SUFFIXES, save_tokens
+
+    images = _expand_images(args.images)
+    names = [str(p) for p in images]
+    per_image = None
+    if args.output:  # check every output path before loading the model or reading an image
+        out = Path(args.output)
+        if out.suffix and not out.is_dir():  # one token file for all images
+            if out.suffix not in SUFFIXES:
+                raise InputError(f"{out}: unknown token file type {out.suffix!r}; use one of {SUFFIXES}, or a folder")
+            _check_output(out, images, args.overwrite)
+        else:  # a folder: one token file per image
+            per_image = [out / f"{s}{args.format}" for s in _unique_stems(names, len(names))]
+            out.mkdir(parents=True, exist_ok=True)
+            for path in per_image:
+                _check_output(path, images, args.overwrite)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     tok = _load(args.model, args.fast)
-    size = None if args.size == 0 else (args.size or tok.default_size)
-    levels = _levels(tok.encode([str(p) for p in args.images], size=size))
-    names = [str(p) for p in args.images]
+    size = _size(args, tok)
+    prov = tok.provenance
+    bs = 1 if (per_image and size == "native") else args.batch_size  # native sizes may differ: one by one
+    chunks = []
+    with _progress(len(images), "encode", show=not args.quiet and len(images) > bs) as bar:
+        for start in range(0, len(images), bs):
+            part = images[start : start + bs]
+            levels = _levels(tok.encode([str(p) for p in part], size=size, batch_size=bs))
+            if per_image:
+                for i, path in enumerate(per_image[start : start + bs]):
+                    save_tokens(path, tuple(t[i : i + 1] for t in levels), model=tok.name, config=tok.config,
+                                images=[names[start + i]], weights_sha256=prov["weights_sha256"], overwrite=args.overwrite)
+            else:
+                chunks.append(levels)
+            bar.update(len(part))
+    if per_image:
+        print(f"wrote {len(per_image)} token file(s) to {args.output}", file=sys.stderr)
+        return 0
+    try:
+        levels = tuple(torch_cat(level) for level in zip(*chunks))
+    except RuntimeError:
+        raise InputError("images have different sizes after preprocessing (--size native); write one token file per "
+                         "image with -o DIR, or pass --size N") from None
     if args.output:
-        path = save_tokens(args.output, levels, model=tok.name, config=tok.config, images=names)
+        path = save_tokens(args.output, levels, model=tok.name, config=tok.config, images=names,
+                           weights_sha256=prov["weights_sha256"], overwrite=args.overwrite)
         print(f"wrote {len(names)} token grid(s) {[list(t.shape[1:]) for t in levels]} to {path}", file=sys.stderr)
         return 0
     level_names = ["top", "bottom"] if len(levels) == 2 else [f"level{i}" for i in range(len(levels))]
-    out = {"model": tok.name, "family": tok.config.family, "images": []}
+    out = {"model": tok.name, "family": tok.config.family, "weights_sha256": prov["weights_sha256"], "images": []}
     for i, name in enumerate(names):
         if len(levels) == 1:
             entry = {"image": name, "shape": list(levels[0].shape[1:]), "tokens": levels[0][i].tolist()}
@@ -61,15 +164,37 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_paths(output: str, count: int, images: list) -> list[Path]:
+def torch_cat(tensors):
+    import torch
+
+    return torch.cat(list(tensors))
+
+
+def _output_paths(output: str, count: int, images: list, inputs: list[Path], overwrite: bool) -> list[Path]:
     out = Path(output)
-    if count == 1 and out.suffix:
-        return [out]
-    out.mkdir(parents=True, exist_ok=True)
-    stems = [Path(p).stem if p else f"{i:05d}" for i, p in enumerate(images or [None] * count)]
-    if len(set(stems)) != len(stems):
-        stems = [f"{i:05d}_{s}" for i, s in enumerate(stems)]
-    return [out / f"{s}.png" for s in stems]
+    if out.suffix and not out.is_dir():
+        if count != 1:
+            raise InputError(f"{out}: the token file holds {count} images; -o must be a folder for several")
+        paths = [out]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / f"{s}.png" for s in _unique_stems(images, count)]
+    for p in paths:
+        if p.suffix.lower() not in IMAGE_OUTPUTS:
+            raise InputError(f"{p}: cannot write an image file there; use one of {', '.join(IMAGE_OUTPUTS)}")
+        _check_output(p, inputs, overwrite)
+    return paths
+
+
+def _recorded_model_is_local(model: str) -> bool:
+    """Whether a model name from a token file can be loaded without downloading anything."""
+    from .. import registry
+
+    try:
+        ref = registry.parse_name(model)
+    except ImagetokError:
+        return False
+    return ref.kind == "local" or (ref.kind == "manifest" and ref.entry.source.kind == "bundled")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -79,14 +204,25 @@ def cmd_decode(args: argparse.Namespace) -> int:
     model = args.model or meta.get("model")
     if not model:  # never guess: another model's decoder would turn the ids into a wrong image
         raise InputError(f"{args.tokens} does not name the model that encoded it (.npy has no metadata); pass --model")
+    if not args.model and not args.fetch and not _recorded_model_is_local(model):
+        raise InputError(
+            f"{args.tokens} names the model {model!r}, which is not on this machine; pass --model {model} "
+            "(or --fetch) to download it"
+        )
+    paths = _output_paths(args.output, levels[0].shape[0], meta.get("images"), [args.tokens], args.overwrite)
     tok = _load(model)
     if meta.get("config_hash") and meta["config_hash"] != _hash(tok):
         raise InputError(
             f"{args.tokens} was written by a model with config hash {meta['config_hash']}, "
             f"but {tok.name} has {_hash(tok)}: its token ids mean something else"
         )
+    recorded = meta.get("weights_sha256")
+    if recorded and recorded != tok.provenance["weights_sha256"] and not args.force:
+        raise InputError(
+            f"{args.tokens} was made by weights with sha256 {recorded}, but {tok.name} has "
+            f"{tok.provenance['weights_sha256']}: same architecture, other weights; pass --force to decode anyway"
+        )
     images = tok.decode(levels if len(levels) > 1 else levels[0], output="pil")
-    paths = _output_paths(args.output, len(images), meta.get("images"))
     for img, path in zip(images, paths):
         _save_image(img, path)
     print(f"wrote {len(paths)} image(s): {', '.join(map(str, paths))}", file=sys.stderr)
@@ -109,14 +245,17 @@ def _hash(tok) -> str:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ..metrics import psnr, ssim
 
+    out = Path(args.output)
+    if out.suffix.lower() not in IMAGE_OUTPUTS:
+        raise InputError(f"{out}: cannot write an image file there; use one of {', '.join(IMAGE_OUTPUTS)}")
+    _check_output(out, [args.image], args.overwrite)
     tok = _load(args.model, args.fast)
-    size = None if args.size == 0 else (args.size or tok.default_size)
-    x, _ = tok.preprocess(str(args.image), size=size)
+    x, _ = tok.preprocess(str(args.image), size=_size(args, tok))
     y = tok.decode_pixels(tok.encode_pixels(x))
     from ..image import from_tensor
 
-    _save_image(from_tensor(y, "pil")[0], args.output)
-    res = {"image": str(args.image), "output": str(args.output), "psnr": round(float(psnr(x, y)[0]), 3), "ssim": round(float(ssim(x, y)[0]), 4)}
+    _save_image(from_tensor(y, "pil")[0], out)
+    res = {"image": str(args.image), "output": str(out), "psnr": round(float(psnr(x, y)[0]), 3), "ssim": round(float(ssim(x, y)[0]), 4)}
     print(json.dumps(res))
     return 0
 
@@ -335,25 +474,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagetok", description="Images to discrete tokens and back.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("encode", help="encode images to token grids")
-    p.add_argument("images", nargs="+", type=Path)
+    p = sub.add_parser("encode", help="encode images (files or folders) to token grids")
+    p.add_argument("images", nargs="+", type=Path, help="image files and/or folders (walked recursively)")
     _model_arg(p)
-    p.add_argument("-o", "--output", help="write tokens to .safetensors/.json/.npy instead of printing JSON")
-    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    p.add_argument("-o", "--output", help="a .safetensors/.json/.npy file for all images, or a folder for one token "
+                   "file per image (default: print JSON)")
+    p.add_argument("--format", default=".safetensors", choices=[".safetensors", ".json", ".npy"],
+                   help="token file type with -o FOLDER (default .safetensors)")
+    p.add_argument("--size", type=_size_arg, default=None, help="resize+crop side (default: the model's; 'native' keeps each image's size)")
+    p.add_argument("--batch-size", type=int, default=16, help="images read and encoded at a time (default 16); tokens do not depend on it")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _fast_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode a token file to image(s)")
     p.add_argument("tokens", type=Path)
     p.add_argument("-o", "--output", required=True, help="output image (or folder for several)")
-    _model_arg(p)
+    p.add_argument("--model", "-m", default=None,
+                   help="model to decode with (default: the one recorded in the token file, if it is on this machine)")
+    p.add_argument("--fetch", action="store_true", help="download the model recorded in the token file if needed")
+    p.add_argument("--force", action="store_true", help="decode even if the model's weights differ from the recorded ones")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("reconstruct", help="encode+decode an image and print PSNR/SSIM")
     p.add_argument("image", type=Path)
     p.add_argument("-o", "--output", required=True)
     _model_arg(p)
-    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    p.add_argument("--size", type=_size_arg, default=None, help="resize+crop side (default: the model's; 'native' keeps the image size)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _fast_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
