@@ -17,6 +17,10 @@ from imagetok.config import config_hash
 from imagetok.errors import ConfigError, ImagetokError, InputError, UnknownModelError, WeightsError
 
 
+TINY = {"family": "vqgan", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+        "z_channels": 8, "embed_dim": 8, "n_embed": 16, "resolution": 32}
+
+
 def levels(tokens):
     return tokens if isinstance(tokens, tuple) else (tokens,)
 
@@ -346,3 +350,33 @@ def test_to_rejects_integer_dtype_and_reports_dtype(tiny_tokenizer):
 def test_all_errors_share_the_base_class():
     for cls in (ConfigError, InputError, WeightsError, UnknownModelError):
         assert issubclass(cls, ImagetokError)
+
+
+# ---------------------------------------------------------------------------- atomic saving
+def test_interrupted_save_leaves_the_old_folder_intact(tmp_path, monkeypatch):
+    from imagetok import serialization
+
+    old = Tokenizer.from_config(TINY, seed=0)
+    folder = old.save_pretrained(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    new = Tokenizer.from_config(dict(TINY, resolution=64), seed=1)  # same shapes, other config and weights
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(serialization.json, "dumps", crash)  # dies after the weights were written
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(folder)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no new weights beside the old config
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+    new.save_pretrained(folder)
+    assert Tokenizer.from_pretrained(folder).config.resolution == 64
+
+
+def test_weights_and_config_from_different_saves_do_not_load(tmp_path):
+    a = Tokenizer.from_config(TINY, seed=0).save_pretrained(tmp_path / "a")
+    b = Tokenizer.from_config(dict(TINY, resolution=64), seed=1).save_pretrained(tmp_path / "b")
+    (a / "config.json").write_bytes((b / "config.json").read_bytes())  # shapes match: only the hash tells
+    with pytest.raises(WeightsError, match="saved with another config"):
+        Tokenizer.from_pretrained(a)

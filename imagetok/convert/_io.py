@@ -105,7 +105,7 @@ def _unsafe_globals(p: Path) -> list[str]:
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``.json`` or ``.yaml``/``.yml`` file into a dict (YAML needs PyYAML: ``imagetok[convert]``)."""
+    """Read a ``.json`` or ``.yaml``/``.yml`` file into a dict (YAML needs PyYAML, a dependency)."""
     p = Path(path)
     if not p.is_file():
         raise ConversionError(f"{p}: config file not found")
@@ -115,7 +115,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise ConversionError(
-                f"{p}: reading YAML configs needs PyYAML (pip install 'imagetok[convert]'); or pass the config as JSON"
+                f"{p}: reading YAML configs needs PyYAML (pip install pyyaml); or pass the config as JSON"
             ) from None
         try:
             data = yaml.safe_load(text)
