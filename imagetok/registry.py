@@ -56,13 +56,20 @@ BUNDLED_NAME = "vqgan-f8-4096.imagetok-photos"  # what Tokenizer.from_pretrained
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How the reference implementation prepared images (documentation of the training pipeline)."""
+    """How the *reference* implementation prepared images: documentation only, never applied.
+
+    ``Tokenizer.encode`` always resizes the shorter side to its ``size`` (default
+    ``config.resolution``) with antialiased bicubic and centre-crops (see :mod:`imagetok.image`),
+    whatever ``resize``, ``crop`` and ``interpolation`` say here. They record the pipeline the
+    reported metrics were measured with, so a user reproducing those numbers knows what to do.
+    Only ``input_range`` is used, and it must equal ``config.input_range``.
+    """
 
     size: int  # side of the square crop the metrics were measured at
     input_range: tuple[float, float]  # pixel range the network expects (equals config.input_range)
     resize: str  # "shorter_side": resize so the shorter side is `size`; "none"
     crop: str  # "center" or "none"
-    interpolation: str | None  # resampling filter of the reference pipeline; None when undocumented
+    interpolation: str | None  # resampling filter of the reference pipeline (not imagetok's); None when undocumented
 
 
 @dataclass(frozen=True)
