@@ -21,7 +21,7 @@ the tokenizer.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import os
@@ -211,8 +211,12 @@ def _api(token: str | bool | None = None):
 
 
 def _is_network_error(e: BaseException) -> bool:
+    """Network failures (not local disk problems such as a full or read-only HF cache)."""
     mod = type(e).__module__ or ""
-    return isinstance(e, (OSError, ConnectionError, TimeoutError)) or mod.startswith(("httpx", "httpcore", "h11", "urllib3"))
+    if isinstance(e, (ConnectionError, TimeoutError)) or mod.startswith(("httpx", "httpcore", "h11", "urllib3", "requests")):
+        return True
+    local = (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+    return isinstance(e, OSError) and not isinstance(e, local) and e.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
 def _cause(e: BaseException) -> str:

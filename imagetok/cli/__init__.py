@@ -519,9 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 error, 2 usage error)."""
+    """Run the CLI; returns the exit status (0 ok, 1 error, 2 usage error; --help returns 0)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage error (or --help) already
+        return e.code if isinstance(e.code, int) else 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
