@@ -174,12 +174,19 @@ def build_on_meta(build: Callable[[Any], torch.nn.Module], config: Any) -> torch
         return build(config)
 
 
-def load_weights(model: torch.nn.Module, weights: str | os.PathLike, source: str | None = None) -> torch.nn.Module:
+def load_weights(
+    model: torch.nn.Module,
+    weights: str | os.PathLike,
+    source: str | None = None,
+    *,
+    rebuild: Callable[[], torch.nn.Module] | None = None,
+) -> torch.nn.Module:
     """Fill a (meta-device) ``model`` from a safetensors file, checking the header first.
 
     Every key and shape is compared with the file's header before any tensor is read; then the
     tensors are read, cast to the model's dtypes and assigned (``assign=True``: no second copy).
-    Returns the model on the CPU.
+    A module with non-persistent buffers (not in the file) is built for real by ``rebuild()``
+    after the header check, then loaded. Returns the model on the CPU.
     """
     source = source or str(weights)
     header, _ = read_header(weights)
@@ -187,10 +194,18 @@ def load_weights(model: torch.nn.Module, weights: str | os.PathLike, source: str
     check_shapes({k: tuple(v.shape) for k, v in expected.items()}, {k: s for k, (_, s) in header.items()}, source)
     state = load_state_dict(weights)
     check_shapes({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in state.items()}, source)
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=True)
-    for name, buf in model.named_buffers():  # non-persistent buffers are not in the file
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    if any(b.is_meta for b in model.buffers()) and rebuild is not None:
+        # non-persistent buffers (computed in __init__, not stored) cannot come from the file: build
+        # the module for real. Safe: the file's header matched every shape, so this allocates about
+        # what the file holds.
+        model = rebuild()
+        model.load_state_dict(state, strict=True)
+        return model
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, buf in model.named_buffers():
         if buf.is_meta:
-            raise WeightsError(f"{source}: buffer {name!r} is not stored and cannot be built on the meta device")
+            raise WeightsError(f"{source}: buffer {name!r} is not stored in the file and cannot be built on the meta device")
     return model
 
 
@@ -222,7 +237,7 @@ def load_folder(
     *,
     parse_config: Callable[[dict[str, Any]], Any] = config_from_dict,
     build: Callable[[Any], torch.nn.Module] | None = None,
-    to_dict: Callable[[Any], dict[str, Any]] = config_to_dict,
+    to_dict: Callable[[Any], dict[str, Any]] | None = None,
 ) -> LoadedFolder:
     """Load a model folder (or a ``.safetensors`` file with ``config.json`` beside it) strictly.
 
@@ -230,7 +245,9 @@ def load_folder(
         parse_config: config dict -> config object; raises ConfigError on bad values. Default:
             tokenizer configs.
         build: config -> ``nn.Module``; called on the meta device. Default: :func:`imagetok.models.build_model`.
-        to_dict: config -> dict, to check the hash the weights recorded at save time.
+        to_dict: config -> the dict :func:`save_folder` was given, to check the config hash the
+            weights recorded (default: tokenizer configs' ``config_to_dict`` with the default
+            ``parse_config``; otherwise the hash of config.json's own content is accepted too).
 
     Raises:
         ConfigError: missing or invalid config.json.
@@ -248,13 +265,16 @@ def load_folder(
     if not weights.is_file():
         raise WeightsError(f"{weights}: weights file not found")
     _, meta = read_header(weights)
+    if to_dict is None and parse_config is config_from_dict:
+        to_dict = config_to_dict
+    hashes = {dict_hash(data)} | ({dict_hash(to_dict(cfg))} if to_dict is not None else set())
     recorded = meta.get(CONFIG_HASH_KEY)
-    if recorded is not None and recorded != dict_hash(to_dict(cfg)):
+    if recorded is not None and recorded not in hashes:
         raise WeightsError(
             f"{weights}: these weights were saved with another config (hash {recorded}) than {config_path} "
-            f"(hash {dict_hash(to_dict(cfg))}); the folder mixes two saves"
+            f"(hash {sorted(hashes)[0]}); the folder mixes two saves"
         )
-    model = load_weights(build_on_meta(build, cfg), weights)
+    model = load_weights(build_on_meta(build, cfg), weights, rebuild=lambda: build(cfg))
     return LoadedFolder(cfg, model.eval(), weights, file_sha256(weights))
 
 
