@@ -116,7 +116,10 @@ class Tokenizer:
         Args:
             name: None for the model bundled with imagetok; a folder holding ``config.json`` and
                 ``model.safetensors``; a ``.safetensors`` file with ``config.json`` beside it; a
-                name from ``weights_manifest.json``; or a Hub repo id.
+                name from ``weights_manifest.json``; or a Hub repo id. Read by
+                :func:`imagetok.registry.parse_name` and fetched by :func:`imagetok.hub.resolve`,
+                so every spelling of a manifest model (None and the bundled name included) gets
+                the manifest's sha256 and config checks.
             device: where to put the network ("cpu", "cuda", ...).
             dtype: network dtype (e.g. ``torch.bfloat16``); quantisation stays float32.
             revision, cache_dir: for Hub downloads.
@@ -157,9 +160,7 @@ class Tokenizer:
         Args:
             filter: optional glob, e.g. ``"vqgan-f16-*"``.
         """
-        from .registry import list_pretrained
-
-        return list_pretrained(filter)
+        return registry.list_pretrained(filter)
 
     @classmethod
     def _from_folder(cls, path: Path, *, name: str) -> "Tokenizer":
