@@ -206,3 +206,38 @@ def test_families_encode_decode_batch_invariant_and_half_precision(cfg):
 def test_bad_configs_are_refused_with_the_reason(cfg, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict(cfg)
+
+
+# ----------------------------------------------------------------------------- codebook usage
+def test_lfq_per_bit_usage_and_balance():
+    from imagetok.usage import BitCounter, quantizer_usage
+
+    cfg = config_from_dict(TINY_MAGVIT)  # 6 bits
+    tokens = torch.tensor([[0b000001, 0b000011], [0b000111, 0b000001]])  # bit0 always, bit1 half, bit2 1/4
+    r = quantizer_usage(cfg, [tokens[None], tokens[None]])
+    assert r.tokens == 8 and r.ones[:4] == (1.0, 0.5, 0.25, 0.0)
+    assert r.balance[:3] == (0.0, 1.0, 0.5) and r.dead == (0, 3, 4, 5) and r.min_balance == 0.0
+    assert r.entropy_bits[1] == 1.0 and abs(r.sum_entropy_bits - (1 + 0.8112781244591328)) < 1e-12
+    fact = config_from_dict({**TINY_MAGVIT, "factorized_bits": [4, 2]})
+    rf = quantizer_usage(fact, (tokens & 15, tokens >> 4))
+    assert rf.ones == quantizer_usage(cfg, tokens).ones
+    with pytest.raises(Exception, match=r"\[0, 2\*\*6\)"):
+        quantizer_usage(cfg, torch.tensor([64]))
+    c = BitCounter(3)
+    c.update(torch.arange(8))
+    assert c.report().balance == (1.0, 1.0, 1.0) and c.report().sum_entropy_bits == 3.0
+
+
+def test_fsq_per_level_usage():
+    from imagetok.usage import quantizer_usage
+
+    cfg = config_from_dict(TINY_COSMOS)  # levels 6, 5, 3
+    q = FSQuantizer((6, 5, 3))
+    digits = torch.tensor([[5, 0, 2], [5, 4, 2], [0, 4, 2], [5, 0, 2]])
+    idx = (digits * torch.tensor([1, 6, 30])).sum(1)
+    assert torch.equal(q.indices_to_digits(idx.view(1, 2, 2))[0].permute(1, 2, 0).reshape(-1, 3), digits)
+    r = quantizer_usage(cfg, idx.view(1, 2, 2))
+    assert r.counts == ((1, 0, 0, 0, 0, 3), (2, 0, 0, 0, 2), (0, 0, 4)) and r.used == (2, 2, 1)
+    assert r.usage == (2 / 6, 2 / 5, 1 / 3) and r.entropy_bits[1] == 1.0 and r.entropy_bits[2] == 0.0
+    with pytest.raises(Exception, match="not 'vqgan'"):
+        quantizer_usage(config_from_dict({"family": "vqgan"}), idx)
