@@ -375,5 +375,54 @@ class CosmosConfig:
             raise ConfigError(f"in_channels and out_channels must be 3 (RGB), got {self.in_channels} and {self.out_channels}")
 
 
-Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Magvit2Config, CosmosConfig]
-FAMILIES.update({c.family: c for c in (Magvit2Config, CosmosConfig)})
+@dataclass(frozen=True)
+class ShowoConfig:
+    """Show-o's MAGVIT-v2 (``showlab/magvitv2``): taming-style VQGAN trunk with per-level block counts,
+    different encoder/decoder channel multipliers, and LFQ with ``z_channels`` bits, channel 0 the
+    most significant. Defaults are the released model (``MAGVITv2()`` takes no arguments)."""
+
+    family: ClassVar[str] = "showo"
+    ch: int = 128
+    encoder_ch_mult: tuple[int, ...] = (1, 2, 2, 4, 4)
+    encoder_num_res_blocks: tuple[int, ...] = (4, 3, 4, 3, 4)  # per level
+    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    decoder_num_res_blocks: tuple[int, ...] = (4, 4, 3, 4, 3)  # per level (decoder.up.{i})
+    attn_resolutions: tuple[int, ...] = (5,)  # sizes relative to `resolution`; (5,) = none at 256 px
+    z_channels: int = 13  # bits per token: 8192 codes
+    resolution: int = 256
+    dropout: float = 0.0
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (2 ** (len(self.encoder_ch_mult) - 1),)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (2**self.z_channels,)
+
+    def _check(self) -> None:
+        _positive(self, "ch", "z_channels", "resolution")
+        _bounded(self, "ch", _MAX_CH)
+        _bounded(self, "resolution", _MAX_RES)
+        _bounded(self, "z_channels", 30)
+        for side in ("encoder", "decoder"):
+            mult, blocks = getattr(self, f"{side}_ch_mult"), getattr(self, f"{side}_num_res_blocks")
+            if not mult or len(mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in mult):
+                raise ConfigError(f"{side}_ch_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(mult)}")
+            if len(blocks) != len(mult) or any(not 1 <= b <= _MAX_BLOCKS for b in blocks):
+                raise ConfigError(f"{side}_num_res_blocks must give 1-{_MAX_BLOCKS} blocks for each of the {len(mult)} levels, got {list(blocks)}")
+            for m in (1, *mult):
+                if (self.ch * m) % 32:
+                    raise ConfigError(f"ch * {side}_ch_mult must be divisible by 32 (GroupNorm); got {self.ch * m}")
+        if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
+            raise ConfigError(
+                f"encoder and decoder need the same number of levels (same downsampling), got {list(self.encoder_ch_mult)} "
+                f"and {list(self.decoder_ch_mult)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Magvit2Config, CosmosConfig, ShowoConfig]
+FAMILIES.update({c.family: c for c in (Magvit2Config, CosmosConfig, ShowoConfig)})

@@ -264,3 +264,33 @@ def test_jit_reader_refuses_code_and_never_runs_it(cosmos_jit, tmp_path):
     junk.write_bytes(b"not a zip")
     with pytest.raises(ConversionError, match="not a TorchScript"):
         read_torchscript_tensors(junk)
+
+
+# ----------------------------------------------------------------------------- Show-o MAGVIT-v2
+def test_showo_magvitv2_matches_the_original():
+    """Tiny Show-o MAGVIT-v2 (per-level blocks, own encoder/decoder multipliers, attention, 6 MSB-first bits)."""
+    src = DATA / "showo/pytorch_model.bin"
+    tok = convert(src, from_format="showo", config={"resolution": 32, "attn_resolutions": [16]})
+    c = tok.config
+    assert (c.encoder_num_res_blocks, c.decoder_num_res_blocks, c.encoder_ch_mult, c.decoder_ch_mult) == ((2, 1), (1, 2), (1, 2), (1, 1))
+    io = _io("showo")
+    with torch.no_grad():
+        for g in GROUPS:
+            x = io[f"{g}/x"]
+            tokens = tok.model.encode_indices(x)
+            assert torch.equal(tokens.flatten(1), io[f"{g}/indices"]), g
+            assert (tok.model.decode_indices(tokens) - io[f"{g}/decoded"]).abs().max() < TOL
+            # channel 0 is the MOST significant bit here (Open-MAGVIT2: the least)
+            bits = (tok.model.encode_latents(x) > 0).long()
+            assert torch.equal(tokens, (bits * (2 ** torch.arange(5, -1, -1)).view(1, -1, 1, 1)).sum(1))
+    conv = load_original(src, from_format="showo")  # no config: same attention placement at 256 px
+    assert conv.config.attn_resolutions == (128,) and list(conv.ignored) == [
+        "LFQ code tables (quantize.embedding, quantize.power_vals): checked, recomputed from z_channels"
+    ]
+
+def test_showo_refuses_another_bit_order(tmp_path):
+    sd = torch.load(DATA / "showo/pytorch_model.bin", weights_only=True)
+    sd["quantize.power_vals"] = sd["quantize.power_vals"].flip(0)  # an LSB-first table: not this model
+    torch.save(sd, tmp_path / "flipped.bin")
+    with pytest.raises(ConversionError, match="MSB-first"):
+        convert(tmp_path / "flipped.bin", from_format="showo")

@@ -165,7 +165,11 @@ def test_cosmos_attention_placement_follows_the_original_bookkeeping():
 
 
 # --------------------------------------------------------------------- families end to end
-@pytest.mark.parametrize("cfg", [TINY_MAGVIT, {**TINY_MAGVIT, "factorized_bits": [4, 2]}, TINY_COSMOS,
+TINY_SHOWO = {"family": "showo", "ch": 32, "encoder_ch_mult": [1, 2], "encoder_num_res_blocks": [1, 2], "decoder_ch_mult": [1, 1],
+              "decoder_num_res_blocks": [2, 1], "attn_resolutions": [8], "z_channels": 5, "resolution": 16}  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", [TINY_MAGVIT, {**TINY_MAGVIT, "factorized_bits": [4, 2]}, TINY_COSMOS, TINY_SHOWO,
                                  {"family": "vqgan", "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1, "attn_resolutions": [],
                                   "z_channels": 8, "embed_dim": 8, "n_embed": 64, "resolution": 16, "quantizer": "ibq"}])  # fmt: skip
 def test_families_encode_decode_batch_invariant_and_half_precision(cfg):
@@ -201,6 +205,8 @@ def test_families_encode_decode_batch_invariant_and_half_precision(cfg):
         ({**TINY_COSMOS, "spatial_compression": 64}, "resampling stages"),
         ({**TINY_COSMOS, "levels": [1, 5, 3]}, "levels must be"),
         ({"family": "vqgan", "quantizer": "ibq", "codebook_norm": "l2"}, "only defined for quantizer='vq'"),
+        ({**TINY_SHOWO, "decoder_num_res_blocks": [2]}, "blocks for each of the 2 levels"),
+        ({**TINY_SHOWO, "decoder_ch_mult": [1, 1, 1], "decoder_num_res_blocks": [1, 1, 1]}, "same number of levels"),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(cfg, match):

@@ -16,6 +16,7 @@ Sources (``from_format``):
 - ``"ibq"``: SEED-Voken IBQ checkpoints (``vqgan`` family, ``quantizer="ibq"``).
 - ``"cosmos"``: Cosmos-Tokenizer discrete image models: state dicts or the ``.jit`` files, read
   without running TorchScript (``cosmos`` family).
+- ``"showo"``: Show-o's MAGVIT-v2 (``showlab/magvitv2``) state dicts (``showo`` family).
 
 Guarantees: every source tensor is either mapped to an imagetok parameter or dropped under a named
 reason (:attr:`Conversion.ignored`), otherwise :class:`~imagetok.errors.ConversionError` lists the
@@ -42,7 +43,7 @@ from ..errors import ConversionError, WeightsError
 from ..models import build_model
 from ..tokenizer import Tokenizer, load_weights_strict
 from . import _diffusers, _llamagen, _rosinality, _taming
-from . import _cosmos, _ibq, _open_magvit2
+from . import _cosmos, _ibq, _open_magvit2, _showo
 from ._common import param_names
 from ._io import SAFE_GLOBALS, ConfigArg, config_dict, read_checkpoint, read_config_file
 
@@ -51,7 +52,7 @@ __all__ = ["FORMATS", "SAFE_GLOBALS", "Conversion", "convert", "load_original", 
 logger = logging.getLogger("imagetok.convert")
 
 _READERS = {"taming": _taming.read, "diffusers": _diffusers.read, "llamagen": _llamagen.read, "rosinality": _rosinality.read}
-_READERS.update({"open-magvit2": _open_magvit2.read, "ibq": _ibq.read, "cosmos": _cosmos.read})
+_READERS.update({"open-magvit2": _open_magvit2.read, "ibq": _ibq.read, "cosmos": _cosmos.read, "showo": _showo.read})
 FORMATS = tuple(_READERS)
 
 

@@ -3,7 +3,9 @@
 Each of the K latent channels becomes one bit: ``bit_k = z_k > 0`` (strictly: 0 gives bit 0), the
 code vector is ``2 * bit - 1`` in {-1, +1} (no scaling), and the token is
 ``index = sum_k bit_k * 2**k`` -- **channel 0 is the least significant bit** (SEED-Voken's code
-builds ``mask = 2 ** arange(K)``; its docstrings saying "big endian" are wrong).
+builds ``mask = 2 ** arange(K)``; its docstrings saying "big endian" are wrong). Show-o's MAGVIT-v2
+uses the opposite order (``power_vals = 2 ** arange(K-1, -1, -1)``: channel 0 is the most significant
+bit): ``msb_first=True``.
 
 Token factorisation (Open-MAGVIT2's AR stage) splits the K bits into groups, e.g. ``(6, 4)``:
 sub-token ``j`` holds channels ``sum(bits[:j]) ..``, again LSB first, so for two groups
@@ -28,15 +30,24 @@ class LFQuantizer(nn.Module):
         dim: bits per token (K).
         factorized_bits: ``()`` for one token per position, or bit counts summing to ``dim`` to
             split each token into sub-tokens (coarse = low bits first).
+        msb_first: channel 0 is the *most* significant bit (Show-o's MAGVIT-v2:
+            ``index = sum_k bit_k * 2**(K-1-k)``) instead of the least (Open-MAGVIT2).
     """
 
-    def __init__(self, dim: int, factorized_bits: tuple[int, ...] = ()):
+    def __init__(self, dim: int, factorized_bits: tuple[int, ...] = (), msb_first: bool = False):
         super().__init__()
         if factorized_bits and sum(factorized_bits) != dim:
             raise ValueError(f"factorized_bits {list(factorized_bits)} must sum to dim={dim}")
+        if factorized_bits and msb_first:
+            raise ValueError("token factorisation is defined for LSB-first bits only")
         self.dim = dim
         self.n_embed = 2**dim
         self.factorized_bits = tuple(factorized_bits)
+        self.msb_first = msb_first
+
+    def _weights(self, n: int, device: torch.device) -> torch.Tensor:
+        w = 2 ** torch.arange(n, device=device, dtype=torch.long)
+        return w.flip(0) if self.msb_first else w
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
@@ -54,7 +65,7 @@ class LFQuantizer(nn.Module):
         """``[B, K, h, w]`` latents -> ``[B, h, w]`` int64 in ``[0, 2**K)`` (a tuple of sub-token grids
         when factorised)."""
         bits = self.bits(z).long()
-        weights = 2 ** torch.arange(self.dim, device=z.device, dtype=torch.long)
+        weights = self._weights(self.dim, z.device)
         if not self.factorized_bits:
             return (bits * weights[None, :, None, None]).sum(1)
         out, start = [], 0
@@ -71,7 +82,7 @@ class LFQuantizer(nn.Module):
             raise ValueError(f"expected {len(sizes)} token grid(s) (bits {list(sizes)}), got {len(parts)}")
         codes = []
         for t, nb in zip(parts, sizes):
-            mask = 2 ** torch.arange(nb, device=t.device, dtype=torch.long)
+            mask = self._weights(nb, t.device)
             codes.append(((t.long()[:, None] & mask[None, :, None, None]) != 0).float() * 2.0 - 1.0)
         return torch.cat(codes, 1)
 
@@ -93,6 +104,6 @@ class LFQuantizer(nn.Module):
             codes = torch.where(latents > 0, 1.0, -1.0).to(latents.dtype)
             quantized = latents + (codes - latents).detach()
         bits = (latents.detach() > 0).long()
-        weights = 2 ** torch.arange(self.dim, device=z.device, dtype=torch.long)
+        weights = self._weights(self.dim, z.device)
         return QuantizerOutput(quantized, (bits * weights[None, :, None, None]).sum(1), latents, codes)
 

@@ -13,6 +13,8 @@ and the original code's outputs. To keep the repo small the copies drop what the
 - ``cosmos/``: the autoencoder state dict, the non-persistent buffers of the ``.jit`` files and the
   golden key listing (the tests trace ``.jit`` archives from these), ``x``/``indices``/``decoded``, the
   synthetic latents and ``fsq_all_codes``.
+
+``showo/`` is not derived from a golden set: ``make_showo.py`` writes it with Show-o's own code.
 """
 
 import shutil
