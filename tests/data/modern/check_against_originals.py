@@ -54,6 +54,7 @@ def magvit_cases(tmp: Path) -> None:
         (dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=2, z_channels=8), None, (3, 3, 48, 80)),
         (dict(ch=64, ch_mult=[1, 1, 2, 2], num_res_blocks=1, z_channels=12), [7, 5], (2, 3, 64, 40)),
         (dict(ch=32, ch_mult=[2, 2], num_res_blocks=3, z_channels=6), None, (1, 3, 30, 18)),
+        (dict(ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=4, z_channels=18), None, (1, 3, 64, 48)),  # released 128_L
     ]
     for i, (dd, fact, shape) in enumerate(cases):
         dd = {**dd, "in_channels": 3, "out_ch": 3, "resolution": 64, "double_z": False}
@@ -97,9 +98,11 @@ def ibq_cases(tmp: Path) -> None:
     cases = [
         (dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=2, z_channels=16, attn_resolutions=[16]), 512, 8, (3, 3, 48, 80)),
         (dict(ch=64, ch_mult=[1, 1, 2], num_res_blocks=1, z_channels=32, attn_resolutions=[]), 4096, 32, (1, 3, 40, 24)),
+        (dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=4, z_channels=256, attn_resolutions=[16], resolution=256),
+         16384, 256, (1, 3, 64, 64)),  # released imagenet256_16384 layout
     ]
     for i, (dd, n, d, shape) in enumerate(cases):
-        dd = {**dd, "in_channels": 3, "out_ch": 3, "resolution": 64, "double_z": False, "dropout": 0.0}
+        dd = {"resolution": 64, **dd, "in_channels": 3, "out_ch": 3, "double_z": False, "dropout": 0.0}
         torch.manual_seed(i)
         m = torch.nn.Module()
         m.encoder, m.decoder = Encoder(**dd), Decoder(**dd)
@@ -139,6 +142,9 @@ def cosmos_cases(tmp: Path) -> None:
               attn_resolutions=[16], levels=[7, 6, 5], embedding_dim=3), (3, 3, 64, 48)),
         (dict(channels_mult=[1, 1], spatial_compression=4, patch_size=2, patch_method="rearrange", resolution=32,
               attn_resolutions=[16], levels=[4, 4, 3], embedding_dim=3), (1, 3, 36, 20)),
+        (dict(channels=128, channels_mult=[2, 4, 4], num_res_blocks=2, z_channels=256, spatial_compression=8, patch_size=4,
+              patch_method="haar", resolution=1024, attn_resolutions=[32], levels=[8, 8, 8, 5, 5, 5], embedding_dim=6),
+         (1, 3, 64, 48)),  # released DI8x8 layout
     ]  # fmt: skip
     for i, (c, shape) in enumerate(cases):
         cfg = {**base, **c}
@@ -162,11 +168,40 @@ def cosmos_cases(tmp: Path) -> None:
                bad, margin, diff)  # fmt: skip
 
 
+def showo_cases(tmp: Path, showo: Path) -> None:
+    """The released MAGVITv2() layout (95 M parameters) with random weights."""
+    sys.path.insert(0, str(showo))
+    from models.modeling_magvitv2 import LFQuantizer, VQGANDecoder, VQGANEncoder
+
+    from imagetok.convert import convert
+
+    torch.manual_seed(0)
+    m = torch.nn.Module()
+    m.encoder, m.decoder, m.quantize = VQGANEncoder(), VQGANDecoder(), LFQuantizer()
+    m.eval()
+    g = torch.Generator().manual_seed(400)
+    with torch.no_grad():
+        for p in m.parameters():
+            p += 0.02 * torch.randn(p.shape, generator=g)
+    torch.save(m.state_dict(), tmp / "pytorch_model.bin")
+    tok = convert(tmp / "pytorch_model.bin", from_format="showo")
+    x = inputs((2, 3, 64, 96), 4)
+    with torch.no_grad():
+        h = m.encoder(x)
+        idx = m.quantize.get_indices(m.quantize(h)["z"]).reshape(2, -1)
+        ref_dec = m.decoder(m.quantize.get_codebook_entry(idx, shape=(4, 6)))["output"]
+        mine = tok.model.encode_indices(x)
+        bad = int((mine.flatten(1) != idx).sum())
+        diff = float((tok.model.decode_indices(mine) - ref_dec).abs().max())
+    report("showo MAGVITv2() released layout x[2, 3, 64, 96]", bad, float(h.abs().min()), diff)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--voken", type=Path, required=True)
     ap.add_argument("--cosmos", type=Path, required=True)
     ap.add_argument("--site", type=Path, default=None)
+    ap.add_argument("--showo", type=Path, default=None, help="folder holding Show-o's models/ (modeling_utils, misc stubbed)")
     a = ap.parse_args()
     sys.path[:0] = [str(p) for p in (a.site, a.voken, a.cosmos) if p is not None]
     sys.modules.setdefault("lightning", types.SimpleNamespace(LightningModule=torch.nn.Module))
@@ -184,6 +219,8 @@ def main() -> None:
         magvit_cases(Path(d))
         ibq_cases(Path(d))
         cosmos_cases(Path(d))
+        if a.showo is not None:
+            showo_cases(Path(d), a.showo)
 
 
 if __name__ == "__main__":
