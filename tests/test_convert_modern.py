@@ -219,6 +219,12 @@ def test_cosmos_jit_files_are_read_without_torchscript(cosmos_jit):
     _check_cosmos(convert(cosmos_jit / "encoder.jit", from_format="cosmos", config=COSMOS_CFG))
 
 
+def test_cosmos_autoencoder_jit_alone(cosmos_jit):
+    conv = load_original(cosmos_jit / "autoencoder.jit", from_format="cosmos", config=COSMOS_CFG)
+    assert "quantizer.implicit_codebook" in [k for v in conv.ignored.values() for k in v]
+    _check_cosmos(convert(cosmos_jit / "autoencoder.jit", from_format="cosmos", config=COSMOS_CFG))
+
+
 def test_cosmos_jit_without_config_reads_levels_from_the_archive(cosmos_jit):
     conv = load_original(cosmos_jit / "decoder.jit", from_format="cosmos")
     assert conv.config.levels == (8, 5, 5, 5) and conv.config.patch_method == "haar"
@@ -294,3 +300,26 @@ def test_showo_refuses_another_bit_order(tmp_path):
     torch.save(sd, tmp_path / "flipped.bin")
     with pytest.raises(ConversionError, match="MSB-first"):
         convert(tmp_path / "flipped.bin", from_format="showo")
+
+
+@pytest.mark.parametrize(
+    "src, fmt, cfg, ema",
+    [
+        ("ibq/model.ckpt", "ibq", "ibq/reference_config.yaml", False),
+        ("open_magvit2/model.ckpt", "open-magvit2", "open_magvit2/reference_config_token_factorization.yaml", True),
+        ("cosmos/autoencoder_state_dict.pt", "cosmos", "cosmos/reference_config.json", False),
+    ],
+)
+def test_reconverting_with_the_imagetok_config_gives_the_same_model(src, fmt, cfg, ema, tmp_path):
+    """The hub converts manifest entries with their imagetok config (and use_ema): same result as the original config."""
+    from imagetok.config import config_to_dict
+
+    tok = convert(DATA / src, from_format=fmt, config=DATA / cfg)
+    again = convert(DATA / src, from_format=fmt, config=config_to_dict(tok.config), use_ema=ema)
+    assert again.config == tok.config
+    a, b = tok.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = Tokenizer.from_pretrained(tok.save_pretrained(tmp_path / "m"))
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    t1, t2 = tok.encode_pixels(x), saved.encode_pixels(x)
+    assert all(torch.equal(p, q) for p, q in zip(t1 if isinstance(t1, tuple) else (t1,), t2 if isinstance(t2, tuple) else (t2,)))

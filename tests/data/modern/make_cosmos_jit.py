@@ -1,11 +1,12 @@
-"""Write the Cosmos ``encoder.jit`` / ``decoder.jit`` test fixtures (run once; the outputs are committed).
+"""Write Cosmos ``encoder.jit`` / ``decoder.jit`` / ``autoencoder.jit`` test fixtures (the tests call ``main``).
 
 Real Cosmos ``.jit`` files are ``torch.jit.trace`` archives of ``DiscreteImageTokenizer.encoder_jit()``
 (``encoder``, ``quant_conv``, ``quantizer``) and ``decoder_jit()`` (``inv_quant.quantizer``,
 ``post_quant_conv``, ``decoder``). This script traces imagetok's own Cosmos modules arranged under
 the same names, with the golden weights and the golden non-persistent buffers (``jit_extra_buffers.pt``,
 including the bf16-rounded ``implicit_codebook``), so the archives expose exactly the state-dict keys
-listed in the golden ``jit_state_dict_keys.txt``. Usage (from the repo root):
+listed in the golden ``jit_state_dict_keys.txt`` (``autoencoder.jit``: the whole model under its
+own names, as ``cosmos_tokenizer.utils.load_model`` reads it). Usage (from the repo root):
 
     PYTHONPATH=$PWD python tests/data/modern/make_cosmos_jit.py /path/to/golden/cosmos_di_fsq tests/data/modern/cosmos
 """
@@ -45,6 +46,20 @@ class InvQuant(nn.Module):
         return self.quantizer.fsq.indices_to_codes(idx)
 
 
+class Autoencoder(nn.Module):
+    """The whole ``DiscreteImageTokenizer`` (``autoencoder.jit``): same attribute names."""
+
+    def __init__(self, model, quantizer):
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self.quant_conv, self.post_quant_conv = model.quant_conv, model.post_quant_conv
+        self.quantizer = quantizer
+
+    def forward(self, x):
+        idx = self.quantizer(self.quant_conv(self.encoder(x)))
+        return self.decoder(self.post_quant_conv(self.quantizer.fsq.indices_to_codes(idx)))
+
+
 def main(golden: Path, out: Path) -> None:
     rc = json.loads((golden / "reference_config.json").read_text())
     model = build_model(config_from_dict({"family": "cosmos", **{k: rc[k] for k in KEYS}}))
@@ -65,6 +80,8 @@ def main(golden: Path, out: Path) -> None:
     with torch.no_grad():
         torch.jit.trace(enc.eval(), x, check_trace=False).save(str(out / "encoder.jit"))
         torch.jit.trace(dec.eval(), torch.zeros(1, 8, 8, dtype=torch.long), check_trace=False).save(str(out / "decoder.jit"))
+        auto = Autoencoder(model, Quantizer(model.quantizer, enc_extra, "quantizer."))
+        torch.jit.trace(auto.eval(), x, check_trace=False).save(str(out / "autoencoder.jit"))
 
 
 if __name__ == "__main__":
