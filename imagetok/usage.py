@@ -1198,3 +1198,47 @@ def quantizer_usage(config: Any, tokens: Any) -> "BitUsage | LevelUsage":
             counter.update(b)
         return counter.report()
     raise InputError(f"per-bit / per-level usage is defined for LFQ (magvit2) and FSQ (cosmos) models, not {family!r}")
+
+
+def quantizer_usage_from_report(config: Any, usage: "DatasetUsage") -> "BitUsage | LevelUsage":
+    """:func:`quantizer_usage` from the exact code counts of a :class:`DatasetUsage` (no re-encoding).
+
+    For factorised LFQ the sub-token levels' counts give the bits of their own channels.
+    """
+    family = getattr(config, "family", None)
+    counts = [torch.as_tensor(r.counts, dtype=torch.int64) for r in usage.levels]
+    if family == "magvit2":
+        split = tuple(config.factorized_bits) or (config.embed_dim,)
+        if len(counts) != len(split) or any(c.numel() != 2**b for c, b in zip(counts, split)):
+            raise InputError(f"the usage report's levels do not match this model's bits {list(split)}")
+        bc = BitCounter(config.embed_dim)
+        ones = []
+        for c, b in zip(counts, split):
+            table = (torch.arange(2**b)[:, None] >> torch.arange(b)) & 1
+            ones.append((c[:, None] * table).sum(0))
+        bc.ones, bc.total = torch.cat(ones), int(counts[0].sum())
+        return bc.report()
+    if family == "cosmos":
+        lc = LevelCounter(config.levels)
+        if len(counts) != 1 or counts[0].numel() != lc.size:
+            raise InputError(f"the usage report does not match this model's {lc.size} FSQ codes")
+        digits = (torch.arange(lc.size)[:, None] // lc.basis) % torch.tensor(lc.levels)
+        for i, L in enumerate(lc.levels):
+            lc.counts[i] += torch.bincount(digits[:, i], weights=counts[0].double(), minlength=L).round().long()
+        lc.total = int(counts[0].sum())
+        return lc.report()
+    raise InputError(f"per-bit / per-level usage is defined for LFQ (magvit2) and FSQ (cosmos) models, not {family!r}")
+
+
+def format_quantizer_usage(r: "BitUsage | LevelUsage") -> str:
+    """A short text table of :class:`BitUsage` (one row per bit) or :class:`LevelUsage` (per channel)."""
+    if isinstance(r, BitUsage):
+        lines = [f"LFQ bits ({r.tokens} tokens): min balance {r.min_balance:.3f}, mean {r.mean_balance:.3f}, "
+                 f"sum of bit entropies {r.sum_entropy_bits:.2f} of {r.bits} bits, dead bits {list(r.dead)}",
+                 "bit  ones   balance  entropy"]  # fmt: skip
+        lines += [f"{k:>3}  {o:.3f}  {b:.3f}    {e:.3f}" for k, (o, b, e) in enumerate(zip(r.ones, r.balance, r.entropy_bits))]
+    else:
+        lines = [f"FSQ levels ({r.tokens} tokens)", "channel  levels  used  usage  entropy/max"]
+        lines += [f"{i:>7}  {L:>6}  {u:>4}  {f:.3f}  {e:.2f}/{m:.2f}"
+                  for i, (L, u, f, e, m) in enumerate(zip(r.levels, r.used, r.usage, r.entropy_bits, r.max_entropy_bits))]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -305,3 +305,25 @@ def test_lfq_entropy_loss_is_what_prevents_collapse(train_dir, tmp_path):
     _, without_tokens, without_bits = _train(train_dir, tmp_path / "b", TRAIN_LFQ, 40, entropy_weight=0.0)
     assert len(with_tokens.unique()) >= len(without_tokens.unique()) + 8
     assert with_bits.min_balance > without_bits.min_balance + 0.2
+
+
+@pytest.mark.parametrize("cfg", [TINY_MAGVIT, {**TINY_MAGVIT, "factorized_bits": [4, 2]}, TINY_COSMOS])
+def test_quantizer_usage_from_a_usage_report_and_the_cli(cfg, tmp_path, capsys):
+    from PIL import Image
+
+    from imagetok.cli import main
+    from imagetok.usage import quantizer_usage, quantizer_usage_from_report
+
+    tok = Tokenizer.from_config(cfg, seed=0)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    direct = quantizer_usage(tok.config, tok.encode_pixels(x))
+    from_report = quantizer_usage_from_report(tok.config, tok.codebook_usage(x, size=None))
+    assert direct == from_report
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(x):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(folder / f"{i}.png")
+    tok.save_pretrained(tmp_path / "m")
+    assert main(["usage", str(folder), "--model", str(tmp_path / "m"), "--size", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert ("LFQ bits" in out and "min balance" in out) if cfg["family"] == "magvit2" else "FSQ levels" in out

@@ -168,11 +168,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
         size = None if args.size == 0 else (args.size or tok.default_size)
         result = tok.codebook_usage([str(p) for p in args.paths], size=size, batch_size=args.batch_size,
                                     progress=progress, top=args.top)
+    parts = ""  # LFQ bits / FSQ levels
+    if tok is not None and tok.config.family in ("magvit2", "cosmos"):
+        parts = usage.format_quantizer_usage(usage.quantizer_usage_from_report(tok.config, result))
     if args.json == "-":
         print(json.dumps(result.to_dict()))
-        print(result.table(), end="", file=sys.stderr)
+        print(result.table() + parts, end="", file=sys.stderr)
     else:
-        print(result.table(), end="")
+        print(result.table() + parts, end="")
         if args.json:
             print(f"wrote {result.save(args.json)}", file=sys.stderr)
     if args.plot:
