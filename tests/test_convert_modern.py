@@ -200,6 +200,7 @@ def test_cosmos_state_dict_matches_the_original():
     assert (tok.model.decode_indices(synth) - io["synthetic/decoded"]).abs().max() < TOL
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_cosmos_jit_files_are_read_without_torchscript(cosmos_jit):
     listing: dict[str, list[str]] = {}
     for line in (DATA / "cosmos/jit_state_dict_keys.txt").read_text().splitlines():
