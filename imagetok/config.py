@@ -49,7 +49,7 @@ class VQGANConfig:
     out_ch: int = 3
     resolution: int = 256  # training/default image size; also fixes which levels get attention
     dropout: float = 0.0
-    quantizer: str = "vq"  # "vq": nearest code; "gumbel": argmax of quantize.proj (taming GumbelVQ)
+    quantizer: str = "vq"  # "vq": nearest code; "gumbel": argmax of quantize.proj (taming GumbelVQ); "ibq": argmax of z.e (SEED-Voken IBQ)
     codebook_norm: str = "none"  # "none" or "l2" (LlamaGen: codes and latents l2-normalised)
     input_range: tuple[float, float] = (-1.0, 1.0)  # pixel range the network expects
 
@@ -81,11 +81,11 @@ class VQGANConfig:
                     f"ch * ch_mult must be divisible by 32 (GroupNorm uses 32 groups); "
                     f"ch={self.ch} with multiplier {m} gives {self.ch * m}"
                 )
-        if self.quantizer not in ("vq", "gumbel"):
-            raise ConfigError(f"quantizer must be 'vq' or 'gumbel', got {self.quantizer!r}")
+        if self.quantizer not in ("vq", "gumbel", "ibq"):
+            raise ConfigError(f"quantizer must be 'vq', 'gumbel' or 'ibq', got {self.quantizer!r}")
         if self.codebook_norm not in ("none", "l2"):
             raise ConfigError(f"codebook_norm must be 'none' or 'l2', got {self.codebook_norm!r}")
-        if self.quantizer == "gumbel" and self.codebook_norm != "none":
+        if self.quantizer in ("gumbel", "ibq") and self.codebook_norm != "none":
             raise ConfigError("codebook_norm='l2' is only defined for quantizer='vq'")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -282,3 +282,192 @@ def config_hash(cfg: Config) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a config: identifies a token vocabulary."""
     text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- modern quantizers
+_MAX_CH, _MAX_LEVELS, _MAX_BLOCKS, _MAX_RES = 1024, 8, 16, 8192
+
+
+def _bounded(cfg: Any, name: str, hi: int) -> None:
+    if getattr(cfg, name) > hi:
+        raise ConfigError(f"{name} must be <= {hi}, got {getattr(cfg, name)}")
+
+
+@dataclass(frozen=True)
+class Magvit2Config:
+    """Open-MAGVIT2 (SEED-Voken) / Show-o MAGVIT-v2 tokenizer: LFQ over ``embed_dim`` sign bits.
+
+    Keys keep SEED-Voken's ``ddconfig`` names. ``z_channels == embed_dim`` and
+    ``n_embed == 2 ** embed_dim`` (LFQ has no projections).
+    """
+
+    family: ClassVar[str] = "magvit2"
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # f = 2 ** (len - 1)
+    num_res_blocks: int = 4  # ResBlocks per level (encoder and decoder) and in the middle
+    z_channels: int = 18
+    embed_dim: int = 18  # bits per token
+    n_embed: int = 262144  # 2 ** embed_dim
+    factorized_bits: tuple[int, ...] = ()  # () = one token per position; e.g. (9, 9) = two sub-tokens
+    in_channels: int = 3
+    out_ch: int = 3
+    resolution: int = 256
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        f = 2 ** (len(self.ch_mult) - 1)
+        return (f,) * max(1, len(self.factorized_bits))
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return tuple(2**b for b in self.factorized_bits) if self.factorized_bits else (self.n_embed,)
+
+    def _check(self) -> None:
+        _positive(self, "ch", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "resolution")
+        _bounded(self, "ch", _MAX_CH)
+        _bounded(self, "num_res_blocks", _MAX_BLOCKS)
+        _bounded(self, "resolution", _MAX_RES)
+        _bounded(self, "embed_dim", 30)
+        if not self.ch_mult or len(self.ch_mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in self.ch_mult):
+            raise ConfigError(f"ch_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(self.ch_mult)}")
+        for m in (1, *self.ch_mult):
+            if (self.ch * m) % 32:
+                raise ConfigError(f"ch * ch_mult must be divisible by 32 (GroupNorm uses 32 groups); got {self.ch * m}")
+        if self.z_channels != self.embed_dim:
+            raise ConfigError(f"z_channels ({self.z_channels}) must equal embed_dim ({self.embed_dim}): LFQ has no projection")
+        if self.n_embed != 2**self.embed_dim:
+            raise ConfigError(f"n_embed must be 2 ** embed_dim = {2 ** self.embed_dim} for LFQ, got {self.n_embed}")
+        if self.factorized_bits and (sum(self.factorized_bits) != self.embed_dim or min(self.factorized_bits) < 1):
+            raise ConfigError(
+                f"factorized_bits {list(self.factorized_bits)} must be positive and sum to embed_dim={self.embed_dim}"
+            )
+        if self.in_channels != 3 or self.out_ch != 3:
+            raise ConfigError(f"in_channels and out_ch must be 3 (RGB), got {self.in_channels} and {self.out_ch}")
+
+
+@dataclass(frozen=True)
+class CosmosConfig:
+    """NVIDIA Cosmos-Tokenizer discrete image model (``DI``): Haar patching + FSQ.
+
+    Keys keep Cosmos' names (``networks/configs.py``); ``embedding_dim == len(levels)``.
+    """
+
+    family: ClassVar[str] = "cosmos"
+    channels: int = 128
+    channels_mult: tuple[int, ...] = (2, 4, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (32,)  # compared with sizes derived from `resolution` (see models.cosmos)
+    dropout: float = 0.0
+    resolution: int = 1024
+    patch_size: int = 4
+    patch_method: str = "haar"  # "haar" | "rearrange"
+    spatial_compression: int = 16
+    z_channels: int = 256
+    embedding_dim: int = 6
+    levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
+    in_channels: int = 3
+    out_channels: int = 3
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def num_resampling(self) -> int:
+        """Down-/upsampling stages after the patcher: ``log2(spatial_compression / patch_size)``."""
+        return self.spatial_compression.bit_length() - self.patch_size.bit_length()
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (self.spatial_compression,)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        n = 1
+        for v in self.levels:
+            n *= v
+        return (n,)
+
+    def _check(self) -> None:
+        _positive(self, "channels", "num_res_blocks", "z_channels", "embedding_dim", "resolution", "patch_size")
+        _bounded(self, "channels", _MAX_CH)
+        _bounded(self, "num_res_blocks", _MAX_BLOCKS)
+        _bounded(self, "resolution", _MAX_RES)
+        _bounded(self, "z_channels", 4096)
+        if not self.channels_mult or len(self.channels_mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in self.channels_mult):
+            raise ConfigError(f"channels_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(self.channels_mult)}")
+        for m in (1, *self.channels_mult):
+            if (self.channels * m) % 32:
+                raise ConfigError(f"channels * channels_mult must be divisible by 32 (GroupNorm); got {self.channels * m}")
+        for name in ("patch_size", "spatial_compression"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1) or v > 64:
+                raise ConfigError(f"{name} must be a power of two in [1, 64], got {v}")
+        if not 0 <= self.num_resampling <= len(self.channels_mult):
+            raise ConfigError(
+                f"spatial_compression / patch_size = {self.spatial_compression} / {self.patch_size} needs "
+                f"{self.num_resampling} resampling stages; channels_mult has {len(self.channels_mult)} levels"
+            )
+        if self.patch_method not in ("haar", "rearrange"):
+            raise ConfigError(f"patch_method must be 'haar' or 'rearrange', got {self.patch_method!r}")
+        if not self.levels or len(self.levels) > 16 or any(not 2 <= v <= 256 for v in self.levels):
+            raise ConfigError(f"levels must be 1-16 ints in [2, 256], got {list(self.levels)}")
+        if self.codebook_sizes[0] > 2**30:
+            raise ConfigError(f"prod(levels) must be <= 2**30, got {self.codebook_sizes[0]}")
+        if self.embedding_dim != len(self.levels):
+            raise ConfigError(f"embedding_dim ({self.embedding_dim}) must equal len(levels) ({len(self.levels)}): FSQ has no projection")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.in_channels != 3 or self.out_channels != 3:
+            raise ConfigError(f"in_channels and out_channels must be 3 (RGB), got {self.in_channels} and {self.out_channels}")
+
+
+@dataclass(frozen=True)
+class ShowoConfig:
+    """Show-o's MAGVIT-v2 (``showlab/magvitv2``): taming-style VQGAN trunk with per-level block counts,
+    different encoder/decoder channel multipliers, and LFQ with ``z_channels`` bits, channel 0 the
+    most significant. Defaults are the released model (``MAGVITv2()`` takes no arguments)."""
+
+    family: ClassVar[str] = "showo"
+    ch: int = 128
+    encoder_ch_mult: tuple[int, ...] = (1, 2, 2, 4, 4)
+    encoder_num_res_blocks: tuple[int, ...] = (4, 3, 4, 3, 4)  # per level
+    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    decoder_num_res_blocks: tuple[int, ...] = (4, 4, 3, 4, 3)  # per level (decoder.up.{i})
+    attn_resolutions: tuple[int, ...] = (5,)  # sizes relative to `resolution`; (5,) = none at 256 px
+    z_channels: int = 13  # bits per token: 8192 codes
+    resolution: int = 256
+    dropout: float = 0.0
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (2 ** (len(self.encoder_ch_mult) - 1),)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (2**self.z_channels,)
+
+    def _check(self) -> None:
+        _positive(self, "ch", "z_channels", "resolution")
+        _bounded(self, "ch", _MAX_CH)
+        _bounded(self, "resolution", _MAX_RES)
+        _bounded(self, "z_channels", 30)
+        for side in ("encoder", "decoder"):
+            mult, blocks = getattr(self, f"{side}_ch_mult"), getattr(self, f"{side}_num_res_blocks")
+            if not mult or len(mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in mult):
+                raise ConfigError(f"{side}_ch_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(mult)}")
+            if len(blocks) != len(mult) or any(not 1 <= b <= _MAX_BLOCKS for b in blocks):
+                raise ConfigError(f"{side}_num_res_blocks must give 1-{_MAX_BLOCKS} blocks for each of the {len(mult)} levels, got {list(blocks)}")
+            for m in (1, *mult):
+                if (self.ch * m) % 32:
+                    raise ConfigError(f"ch * {side}_ch_mult must be divisible by 32 (GroupNorm); got {self.ch * m}")
+        if len(self.encoder_ch_mult) != len(self.decoder_ch_mult):
+            raise ConfigError(
+                f"encoder and decoder need the same number of levels (same downsampling), got {list(self.encoder_ch_mult)} "
+                f"and {list(self.decoder_ch_mult)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Magvit2Config, CosmosConfig, ShowoConfig]
+FAMILIES.update({c.family: c for c in (Magvit2Config, CosmosConfig, ShowoConfig)})

@@ -1038,3 +1038,207 @@ def load_remap(path: str | os.PathLike) -> tuple[tuple[torch.Tensor, torch.Tenso
         raise
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
         raise InputError(f"{p}: not a readable remap file ({e})") from None
+
+
+# ------------------------------------------------------------------ LFQ bits and FSQ levels (issue 14)
+def _int_tokens(tokens: Any) -> torch.Tensor:
+    """Any integer tensor/array of ids -> flat int64 CPU tensor."""
+    if isinstance(tokens, np.ndarray):
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise InputError(f"token ids must be integers, got numpy {tokens.dtype}")
+        tokens = torch.from_numpy(tokens.astype(np.int64))
+    if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise InputError(f"token ids must be an integer tensor or array, got {getattr(tokens, 'dtype', type(tokens).__name__)}")
+    return tokens.detach().to("cpu", torch.int64).flatten()
+
+
+def _entropy_bits(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of each row of probabilities ``p`` (0 log 0 = 0)."""
+    return -(p * torch.where(p > 0, p.log2(), torch.zeros_like(p))).sum(-1)
+
+
+@dataclass(frozen=True)
+class BitUsage:
+    """Per-bit statistics of lookup-free (LFQ) tokens: bit k of a token is latent channel k.
+
+    ``ones[k]``: fraction of tokens with bit k set; ``balance[k] = 1 - |2 ones[k] - 1|`` (1: the bit is
+    set half the time, 0: constant); ``entropy_bits[k]``: its binary entropy. ``dead`` lists constant
+    bits. ``sum_entropy_bits`` bounds the entropy of the whole token from above (equal when the bits
+    are independent), so ``2 ** sum_entropy_bits`` bounds the perplexity.
+    """
+
+    bits: int
+    tokens: int
+    ones: tuple[float, ...]
+    balance: tuple[float, ...]
+    entropy_bits: tuple[float, ...]
+    dead: tuple[int, ...]
+    min_balance: float
+    mean_balance: float
+    sum_entropy_bits: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: (list(v) if isinstance(v, tuple) else v) for f, v in self.__dict__.items()}
+
+
+class BitCounter:
+    """Exact streaming per-bit counts of LFQ tokens in ``[0, 2**bits)``."""
+
+    def __init__(self, bits: int):
+        if not 1 <= bits <= 62:
+            raise InputError(f"bits must be in [1, 62], got {bits}")
+        self.bits = bits
+        self.ones = torch.zeros(bits, dtype=torch.int64)
+        self.total = 0
+
+    def update(self, tokens: Any) -> None:
+        t = _int_tokens(tokens)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= 2**self.bits):
+            raise InputError(f"LFQ token ids must lie in [0, 2**{self.bits}), got min {int(t.min())}, max {int(t.max())}")
+        self.ones += ((t[:, None] >> torch.arange(self.bits)) & 1).sum(0)
+        self.total += t.numel()
+
+    def report(self) -> BitUsage:
+        if self.total == 0:
+            raise InputError("no tokens counted")
+        p = self.ones.double() / self.total
+        balance = 1 - (2 * p - 1).abs()
+        ent = _entropy_bits(torch.stack([p, 1 - p], 1))
+        return BitUsage(
+            bits=self.bits, tokens=self.total, ones=tuple(p.tolist()), balance=tuple(balance.tolist()),
+            entropy_bits=tuple(ent.tolist()), dead=tuple(int(k) for k in ((p == 0) | (p == 1)).nonzero()[:, 0]),
+            min_balance=float(balance.min()), mean_balance=float(balance.mean()), sum_entropy_bits=float(ent.sum()),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LevelUsage:
+    """Per-channel statistics of finite-scalar (FSQ) tokens: digit i of a token is channel i's level.
+
+    ``counts[i][d]``: tokens whose channel i sits at level d (``d`` in ``[0, levels[i])``, code
+    ``(d - L//2) / (L//2)``); ``used[i]``: levels of channel i that occur; ``usage[i] = used[i] / levels[i]``;
+    ``entropy_bits[i]`` vs ``max_entropy_bits[i] = log2 levels[i]``.
+    """
+
+    levels: tuple[int, ...]
+    tokens: int
+    counts: tuple[tuple[int, ...], ...]
+    used: tuple[int, ...]
+    usage: tuple[float, ...]
+    entropy_bits: tuple[float, ...]
+    max_entropy_bits: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: (json.loads(json.dumps(v)) if isinstance(v, tuple) else v) for f, v in self.__dict__.items()}
+
+
+class LevelCounter:
+    """Exact streaming per-channel level counts of FSQ tokens (mixed radix, channel 0 least significant)."""
+
+    def __init__(self, levels: Sequence[int]):
+        self.levels = tuple(int(v) for v in levels)
+        if not self.levels or any(v < 2 for v in self.levels):
+            raise InputError(f"levels must be integers >= 2, got {list(levels)}")
+        self.size = math.prod(self.levels)
+        self.basis = torch.tensor([math.prod(self.levels[:i]) for i in range(len(self.levels))], dtype=torch.int64)
+        self.counts = [torch.zeros(v, dtype=torch.int64) for v in self.levels]
+        self.total = 0
+
+    def update(self, tokens: Any) -> None:
+        t = _int_tokens(tokens)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.size):
+            raise InputError(f"FSQ token ids must lie in [0, {self.size}), got min {int(t.min())}, max {int(t.max())}")
+        digits = (t[:, None] // self.basis) % torch.tensor(self.levels)
+        for i, L in enumerate(self.levels):
+            self.counts[i] += torch.bincount(digits[:, i], minlength=L)
+        self.total += t.numel()
+
+    def report(self) -> LevelUsage:
+        if self.total == 0:
+            raise InputError("no tokens counted")
+        used = tuple(int((c > 0).sum()) for c in self.counts)
+        return LevelUsage(
+            levels=self.levels, tokens=self.total, counts=tuple(tuple(c.tolist()) for c in self.counts), used=used,
+            usage=tuple(u / L for u, L in zip(used, self.levels)),
+            entropy_bits=tuple(float(_entropy_bits(c.double() / self.total)) for c in self.counts),
+            max_entropy_bits=tuple(math.log2(L) for L in self.levels),
+        )  # fmt: skip
+
+
+def quantizer_usage(config: Any, tokens: Any) -> "BitUsage | LevelUsage":
+    """Per-bit (LFQ: ``magvit2`` family) or per-level (FSQ: ``cosmos`` family) usage of tokens.
+
+    Args:
+        config: the tokenizer's config (``tok.config``).
+        tokens: what ``tok.encode`` returned (for factorised LFQ, the tuple of sub-token grids), or a
+            list of such batches.
+
+    Raises:
+        InputError: another family (plain codebooks: use :class:`UsageCounter`), or ids out of range.
+    """
+    family = getattr(config, "family", None)
+    batches = tokens if isinstance(tokens, list) else [tokens]
+    if family == "magvit2":
+        counter: Any = BitCounter(config.embed_dim)
+        split = tuple(config.factorized_bits)
+        for b in batches:
+            if split:
+                if not isinstance(b, (tuple, list)) or len(b) != len(split):
+                    raise InputError(f"this model's tokens are {len(split)} sub-token grids (bits {list(split)})")
+                full, shift = torch.zeros_like(_int_tokens(b[0])), 0
+                for part, nb in zip(b, split):
+                    full += _int_tokens(part) << shift
+                    shift += nb
+                b = full
+            counter.update(b)
+        return counter.report()
+    if family == "cosmos":
+        counter = LevelCounter(config.levels)
+        for b in batches:
+            counter.update(b)
+        return counter.report()
+    raise InputError(f"per-bit / per-level usage is defined for LFQ (magvit2) and FSQ (cosmos) models, not {family!r}")
+
+
+def quantizer_usage_from_report(config: Any, usage: "DatasetUsage") -> "BitUsage | LevelUsage":
+    """:func:`quantizer_usage` from the exact code counts of a :class:`DatasetUsage` (no re-encoding).
+
+    For factorised LFQ the sub-token levels' counts give the bits of their own channels.
+    """
+    family = getattr(config, "family", None)
+    counts = [torch.as_tensor(r.counts, dtype=torch.int64) for r in usage.levels]
+    if family == "magvit2":
+        split = tuple(config.factorized_bits) or (config.embed_dim,)
+        if len(counts) != len(split) or any(c.numel() != 2**b for c, b in zip(counts, split)):
+            raise InputError(f"the usage report's levels do not match this model's bits {list(split)}")
+        bc = BitCounter(config.embed_dim)
+        ones = []
+        for c, b in zip(counts, split):
+            table = (torch.arange(2**b)[:, None] >> torch.arange(b)) & 1
+            ones.append((c[:, None] * table).sum(0))
+        bc.ones, bc.total = torch.cat(ones), int(counts[0].sum())
+        return bc.report()
+    if family == "cosmos":
+        lc = LevelCounter(config.levels)
+        if len(counts) != 1 or counts[0].numel() != lc.size:
+            raise InputError(f"the usage report does not match this model's {lc.size} FSQ codes")
+        digits = (torch.arange(lc.size)[:, None] // lc.basis) % torch.tensor(lc.levels)
+        for i, L in enumerate(lc.levels):
+            lc.counts[i] += torch.bincount(digits[:, i], weights=counts[0].double(), minlength=L).round().long()
+        lc.total = int(counts[0].sum())
+        return lc.report()
+    raise InputError(f"per-bit / per-level usage is defined for LFQ (magvit2) and FSQ (cosmos) models, not {family!r}")
+
+
+def format_quantizer_usage(r: "BitUsage | LevelUsage") -> str:
+    """A short text table of :class:`BitUsage` (one row per bit) or :class:`LevelUsage` (per channel)."""
+    if isinstance(r, BitUsage):
+        lines = [f"LFQ bits ({r.tokens} tokens): min balance {r.min_balance:.3f}, mean {r.mean_balance:.3f}, "
+                 f"sum of bit entropies {r.sum_entropy_bits:.2f} of {r.bits} bits, dead bits {list(r.dead)}",
+                 "bit  ones   balance  entropy"]  # fmt: skip
+        lines += [f"{k:>3}  {o:.3f}  {b:.3f}    {e:.3f}" for k, (o, b, e) in enumerate(zip(r.ones, r.balance, r.entropy_bits))]
+    else:
+        lines = [f"FSQ levels ({r.tokens} tokens)", "channel  levels  used  usage  entropy/max"]
+        lines += [f"{i:>7}  {L:>6}  {u:>4}  {f:.3f}  {e:.2f}/{m:.2f}"
+                  for i, (L, u, f, e, m) in enumerate(zip(r.levels, r.used, r.usage, r.entropy_bits, r.max_entropy_bits))]  # fmt: skip
+    return "\n".join(lines) + "\n"

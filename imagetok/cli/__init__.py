@@ -307,11 +307,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
         size = None if args.size == 0 else (args.size or tok.default_size)
         result = tok.codebook_usage([str(p) for p in args.paths], size=size, batch_size=args.batch_size,
                                     progress=progress, top=args.top)
+    parts = ""  # LFQ bits / FSQ levels
+    if tok is not None and tok.config.family in ("magvit2", "cosmos"):
+        parts = usage.format_quantizer_usage(usage.quantizer_usage_from_report(tok.config, result))
     if args.json == "-":
         print(json.dumps(result.to_dict()))
-        print(result.table(), end="", file=sys.stderr)
+        print(result.table() + parts, end="", file=sys.stderr)
     else:
-        print(result.table(), end="")
+        print(result.table() + parts, end="")
         if args.json:
             print(f"wrote {result.save(args.json)}", file=sys.stderr)
     if args.plot:
@@ -360,7 +363,7 @@ def _convert_parser(sub) -> None:
                        "VQ-VAE-2 .pt into an imagetok folder (config.json, model.safetensors, README.md). Files are "
                        "read without unpickling code; the model card lists what was assumed.")
     p.add_argument("src", type=Path, help="checkpoint file, or a diffusers folder")
-    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality"])
+    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality", "open-magvit2", "ibq", "cosmos", "showo"])
     p.add_argument("--config", type=Path, default=None,
                    help="the original's config (.json/.yaml): taming model.yaml, diffusers config.json, "
                    "LlamaGen ModelArgs, rosinality kwargs (default: read from tensor shapes)")

@@ -12,6 +12,11 @@ Sources (``from_format``):
   or a pipeline folder with ``vqvae/``), or the weights file with ``config.json`` beside it.
 - ``"llamagen"``: FoundationVision/LlamaGen VQ tokenizer checkpoints (l2-normalised codebook).
 - ``"rosinality"``: rosinality/vq-vae-2-pytorch ``VQVAE`` state dicts.
+- ``"open-magvit2"``: SEED-Voken Open-MAGVIT2 LFQ checkpoints (``magvit2`` family).
+- ``"ibq"``: SEED-Voken IBQ checkpoints (``vqgan`` family, ``quantizer="ibq"``).
+- ``"cosmos"``: Cosmos-Tokenizer discrete image models: state dicts or the ``.jit`` files, read
+  without running TorchScript (``cosmos`` family).
+- ``"showo"``: Show-o's MAGVIT-v2 (``showlab/magvitv2``) state dicts (``showo`` family).
 
 Guarantees: every source tensor is either mapped to an imagetok parameter or dropped under a named
 reason (:attr:`Conversion.ignored`), otherwise :class:`~imagetok.errors.ConversionError` lists the
@@ -39,6 +44,7 @@ from ..errors import ConversionError, WeightsError
 from ..models import build_model
 from ..serialization import build_on_meta, check_shapes, save_folder
 from . import _diffusers, _llamagen, _rosinality, _taming
+from . import _cosmos, _ibq, _open_magvit2, _showo
 from ._common import param_names
 from ._io import SAFE_GLOBALS, ConfigArg, config_dict, read_checkpoint, read_config_file
 
@@ -47,6 +53,7 @@ __all__ = ["FORMATS", "SAFE_GLOBALS", "Conversion", "convert", "load_original", 
 logger = logging.getLogger("imagetok.convert")
 
 _READERS = {"taming": _taming.read, "diffusers": _diffusers.read, "llamagen": _llamagen.read, "rosinality": _rosinality.read}
+_READERS.update({"open-magvit2": _open_magvit2.read, "ibq": _ibq.read, "cosmos": _cosmos.read, "showo": _showo.read})
 FORMATS = tuple(_READERS)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -138,7 +139,7 @@ def config_dict(config: ConfigArg) -> dict[str, Any] | None:
     """The user's ``config`` argument as a dict (None stays None)."""
     if config is None:
         return None
-    if isinstance(config, (VQGANConfig, VQVAE2Config)):
+    if isinstance(config, (VQGANConfig, VQVAE2Config)) or (dataclasses.is_dataclass(config) and hasattr(config, "family")):
         return config_to_dict(config)
     if isinstance(config, Mapping):
         return dict(config)

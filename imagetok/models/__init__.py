@@ -13,8 +13,12 @@ from ..config import Config
 from .vqgan import VQGAN
 from .vqvae import VQVAE
 from .vqvae2 import VQVAE2
+from .cosmos import CosmosDI
+from .magvit2 import Magvit2
+from .showo import ShowoMagvit2
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"vqgan": VQGAN, "vqvae": VQVAE, "vqvae2": VQVAE2}
+ARCHITECTURES.update({"magvit2": Magvit2, "cosmos": CosmosDI, "showo": ShowoMagvit2})
 
 
 def build_model(config: Config) -> nn.Module:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VQGANConfig
+from .ibq import IBQuantizer
 from .quantizer import GumbelQuantizer, QuantizerOutput, VectorQuantizer
 
 
@@ -187,7 +188,10 @@ class VQGAN(nn.Module):
         c = self.config = config
         self.encoder = Encoder(c)
         self.decoder = Decoder(c)
-        if c.quantizer == "gumbel":
+        if c.quantizer == "ibq":
+            self.quant_conv = nn.Conv2d(c.z_channels, c.embed_dim, 1)
+            self.quantize = IBQuantizer(c.n_embed, c.embed_dim)
+        elif c.quantizer == "gumbel":
             self.quant_conv = nn.Conv2d(c.z_channels, c.z_channels, 1)
             self.quantize: nn.Module = GumbelQuantizer(c.z_channels, c.embed_dim, c.n_embed)
         else:

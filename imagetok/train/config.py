@@ -71,6 +71,10 @@ class TrainConfig:
     keep_last: bool = True  # only the latest checkpoint is kept
     progress: bool = True
     extra: dict = field(default_factory=dict)  # free-form notes copied into the model card
+    # LFQ (magvit2 family): Open-MAGVIT2's entropy loss, weight * (sample_entropy - batch_weight * codebook_entropy)
+    entropy_weight: float = 0.1
+    entropy_temperature: float = 0.01
+    entropy_batch_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.init_from is None):
@@ -90,6 +94,8 @@ class TrainConfig:
                      "disc_weight", "weight_decay", "grad_clip", "warmup_steps", "disc_start", "restart_every", "num_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train config {name!r} must be >= 0, got {getattr(self, name)}")
+        if self.entropy_weight < 0 or self.entropy_batch_weight < 0 or self.entropy_temperature <= 0:
+            raise ConfigError("entropy_weight and entropy_batch_weight must be >= 0 and entropy_temperature > 0")
         for name in ("ema_decay", "codebook_ema_decay", "betas"):
             values = getattr(self, name) if name == "betas" else (getattr(self, name),)
             if not all(0 <= v < 1 for v in values):

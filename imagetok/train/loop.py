@@ -31,6 +31,8 @@ from ..config import config_from_dict, config_to_dict
 from ..errors import ConfigError
 from ..image import from_tensor
 from ..metrics import psnr, ssim
+from ..models.fsq import FSQuantizer
+from ..models.lfq import LFQuantizer
 from ..models.quantizer import VectorQuantizer
 from ..tokenizer import Tokenizer
 from . import dist
@@ -38,14 +40,15 @@ from .codebook import EMACodebook, UsageTracker, init_codebook
 from .config import TrainConfig
 from .data import ImageFolder, load_eval_images
 from .discriminator import NLayerDiscriminator
-from .losses import adaptive_weight, d_loss, g_loss, reconstruction_losses, vq_losses
+from .losses import adaptive_weight, d_loss, g_loss, reconstruction_losses, scalar_quantizer_losses, vq_losses
 
 log = logging.getLogger(__name__)
 CKPT = "checkpoint.pt"
 
 
-def _quantizers(model: torch.nn.Module) -> list[VectorQuantizer]:
-    return [m for m in model.modules() if isinstance(m, VectorQuantizer)]
+def _quantizers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The trainable quantizers: nearest-code VQ, and the codebook-free LFQ / FSQ."""
+    return [m for m in model.modules() if isinstance(m, (VectorQuantizer, LFQuantizer, FSQuantizer))]
 
 
 def _lr(cfg: TrainConfig, step: int) -> float:
@@ -126,6 +129,9 @@ class Trainer:
         self.lo, self.hi = self.tok.config.input_range
         self.data = ImageFolder(cfg.data, cfg.crop_size, scale_range=cfg.scale_range, hflip=cfg.hflip, cache=cfg.cache_images)
         self.eval_x = load_eval_images(cfg.eval_data, cfg.eval_size)[0] if cfg.eval_data else None
+        self.scalar = not isinstance(self.quantizers[0], VectorQuantizer)  # LFQ / FSQ: no codebook to learn
+        if self.scalar and (cfg.codebook_ema or cfg.restart_every):
+            raise ConfigError("codebook_ema and restart_every need a learned codebook; LFQ/FSQ models have none")
         if cfg.codebook_ema:  # codes move by EMA only: no codebook loss, not in the optimiser
             for q in self.quantizers:
                 q.embedding.weight.requires_grad_(False)
@@ -274,7 +280,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def _init_codebooks(self) -> None:
-        if self.cfg.codebook_init == "none":
+        if self.cfg.codebook_init == "none" or self.scalar:
             return
         if self.cfg.init_from is not None:
             log.info("fine-tuning: keeping the pretrained codebook(s) (codebook_init applies to models trained from scratch)")
@@ -317,6 +323,15 @@ class Trainer:
                     loss = loss + cfg.perceptual_weight * parts["perceptual"]
                 nll = loss
                 for k, (q, tracker) in enumerate(zip(qs, self.trackers)):
+                    if self.scalar:
+                        aux, aux_parts = scalar_quantizer_losses(
+                            self.quantizers[k], q, commitment_beta=cfg.commitment_beta, entropy_weight=cfg.entropy_weight,
+                            entropy_temperature=cfg.entropy_temperature, entropy_batch_weight=cfg.entropy_batch_weight,
+                        )  # fmt: skip
+                        loss = loss + aux
+                        parts.update(aux_parts)
+                        tracker.update(q.indices)
+                        continue
                     cb, commit = vq_losses(q)
                     if self.codebook_ema is not None:  # the EMA moves the codes; the encoder still commits
                         loss = loss + cfg.commitment_beta * commit
