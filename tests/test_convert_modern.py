@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from imagetok import Tokenizer
 from imagetok.cli import main
-from imagetok.convert import convert, load_original
+from imagetok.convert import convert as _convert, load_original
 from imagetok.convert._jit import read_torchscript_tensors
 from imagetok.errors import ConversionError
 from imagetok.models.quantizer import VectorQuantizer
@@ -33,6 +33,10 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def convert(*args, **kwargs) -> Tokenizer:  # convert() returns a Conversion; these tests check the tokenizer it makes
+    return Tokenizer.from_conversion(_convert(*args, **kwargs))
 
 
 def _io(name: str) -> dict[str, torch.Tensor]:
