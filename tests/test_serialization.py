@@ -59,7 +59,7 @@ class WithTable(Mlp):
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
-        self.register_buffer("table", torch.arange(cfg["width"], dtype=torch.float32) * 2, persistent=False)
+        self.register_buffer("table", torch.tensor([2.0 * i for i in range(cfg["width"])]), persistent=False)
 
 
 def test_non_persistent_buffers_are_computed_not_left_on_meta(tmp_path):
