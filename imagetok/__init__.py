@@ -10,6 +10,7 @@ from . import errors
 from .config import VQGANConfig, VQVAE2Config, VQVAEConfig, config_from_dict, config_to_dict
 from .errors import ImagetokError
 from .tokenizer import Tokenizer
+from .prior import Prior  # stage 2: generate token grids (imagetok.prior)
 
 __version__ = "0.1.0"
 __all__ = [
