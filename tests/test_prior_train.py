@@ -206,3 +206,68 @@ def test_end_to_end_through_tokenize_dataset_and_cli(tmp_path, bundled, capsys):
     assert main(["prior", "eval", prior_dir, str(tmp_path / "test-tok"), "--json"]) == 0
     bpt = json.loads(capsys.readouterr().out)["bits_per_token"]
     assert bpt < unigram_bits(held_out.tokens) - 2.0
+
+
+def pattern_tokens(n: int, grid: tuple[int, int], k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grids whose tokens follow from position, label and one random bit: ``(pos + 5 * label + bit) % k``."""
+    g = torch.Generator().manual_seed(seed)
+    labels, bits = torch.randint(0, 2, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
+    pos = torch.arange(grid[0] * grid[1]).reshape(grid)
+    return (pos[None] + 5 * labels[:, None, None] + bits[:, None, None]) % k, labels
+
+
+@pytest.mark.parametrize("arch", ["transformer", "pixelcnn", "vqvae2"])
+def test_every_arch_learns_held_out_structure(tmp_path, arch):
+    """40 steps on structured grids: held-out bits per token far below the tokens' unigram entropy."""
+    def make(seed):
+        top, labels = pattern_tokens(64, (2, 2) if arch == "vqvae2" else (4, 4), 16, seed)
+        if arch != "vqvae2":
+            return TokenData.from_tensors(top, labels, codebook_sizes=(16,))
+        bottom = (pattern_tokens(64, (4, 4), 16, seed)[0] + top.repeat_interleave(2, 1).repeat_interleave(2, 2)) % 16
+        return TokenData.from_tensors((top, bottom), labels, codebook_sizes=(16, 16))
+
+    train, held_out = make(0), make(1)
+    out = train_prior({"out_dir": str(tmp_path / "run"), "arch": arch, "width": 32, "depth": 2, "heads": 2, "steps": 40,
+                       "batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "progress": False, "device": "cpu"}, data=train)  # fmt: skip
+    prior = Prior.from_pretrained(out)
+    assert prior.config.arch == arch and prior.num_classes == 2
+    assert prior.bits_per_token(held_out) < min(1.5, unigram_bits(held_out.tokens) - 2.0)
+
+
+def test_rejection_sampling_with_token_classifier(tmp_path):
+    """An unconditional prior of a two-class mixture + a token classifier: rejection sampling returns
+    only samples that follow the requested class's pattern."""
+    from imagetok.errors import InputError
+    from imagetok.prior import TokenClassifier
+
+    tokens, labels = pattern_tokens(96, (4, 4), 16, 0)
+    data = TokenData.from_tensors(tokens, labels, codebook_sizes=(16,), classes=["zero", "one"])
+    held_tokens, held_labels = pattern_tokens(64, (4, 4), 16, 1)
+    held_out = TokenData.from_tensors(held_tokens, held_labels, codebook_sizes=(16,), classes=["zero", "one"])
+    clf = TokenClassifier.fit(data, steps=60, width=16)
+    assert clf.accuracy(held_out) > 0.95
+    clf = TokenClassifier.from_pretrained(clf.save_pretrained(tmp_path / "clf"))
+    assert clf.accuracy(held_out) > 0.95 and clf.classes == ("zero", "one")
+    out = train_prior({"out_dir": str(tmp_path / "run"), "width": 32, "depth": 2, "heads": 2, "steps": 40, "conditional": False,
+                       "batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "progress": False, "device": "cpu"}, data=data)  # fmt: skip
+    prior = Prior.from_pretrained(out)
+    assert prior.num_classes == 0
+    plain = prior.sample(32, generator=0, top_k=3)
+    first = plain[:, 0, 0]
+    assert 0.15 < float(((first == 5) | (first == 6)).double().mean()) < 0.85  # a mixture of both classes
+    chosen = prior.sample(12, generator=0, top_k=3, accept=clf.acceptor("one", 0.9), batch_size=8, max_tries=20)
+    assert chosen.shape == (12, 4, 4)
+    pos = torch.arange(16).reshape(4, 4)
+
+    def matches(t, label):  # positions following class `label`'s pattern (either bit)
+        return ((t == (pos + 5 * label) % 16) | (t == (pos + 5 * label + 1) % 16)).flatten(1).sum(1)
+
+    assert bool((matches(chosen, 1) > matches(chosen, 0)).all())
+    assert bool((matches(plain, 0) > matches(plain, 1)).any())  # without rejection, class 0 shows up
+    assert bool((clf.predict_proba(chosen)[:, 1] >= 0.9).all())
+    with pytest.raises(InputError, match="accepted 0 of 2 samples in 3 batches"):
+        prior.sample(2, generator=0, accept=lambda t: torch.zeros(len(t), dtype=torch.bool), max_tries=3)
+    with pytest.raises(InputError, match="one bool per sample"):
+        prior.sample(2, generator=0, accept=lambda t: torch.ones(1, dtype=torch.bool))
+    with pytest.raises(InputError, match=r"unknown class 'two'; known classes: \['zero', 'one'\]"):
+        clf.acceptor("two")

@@ -9,11 +9,15 @@
 >>> tok = prior.load_tokenizer()
 >>> images = tok.decode(prior.sample(4, label="red", top_k=50, generator=0))
 
+Rejection sampling with a token classifier (VQ-VAE-2's recipe, on tokens):
+``prior.sample(8, accept=TokenClassifier.fit(labelled).acceptor("red", 0.9))``.
+
 Training (``imagetok.prior.trainer``, not imported here): ``imagetok prior train DATA --out DIR``.
 """
 
+from .classifier import TokenClassifier
 from .config import PriorConfig
 from .data import TokenData, load_token_data
 from .prior import Prior
 
-__all__ = ["Prior", "PriorConfig", "TokenData", "load_token_data"]
+__all__ = ["Prior", "PriorConfig", "TokenClassifier", "TokenData", "load_token_data"]
