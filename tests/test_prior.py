@@ -242,3 +242,15 @@ def test_from_pretrained_errors(tmp_path, tiny_model_dir):
     for bad in (dict(arch="gpt"), dict(grid=(4,)), dict(width=30, heads=4, arch="transformer"), dict(codebook_sizes=(8, 8))):
         with pytest.raises(ConfigError):
             PriorConfig(**{**ARCHS["pixelcnn"], **bad})
+
+
+def test_unknown_prior_names_and_unseeded_init(tmp_path):
+    from imagetok.errors import UnknownModelError
+
+    for name in (tmp_path / "no" / "such" / "prior", "vqgan-f8-4096.imagetok-photos"):
+        with pytest.raises(UnknownModelError, match="neither a prior folder"):
+            Prior.from_pretrained(name)
+    cfg = PriorConfig(**ARCHS["transformer"], width=16, depth=1, heads=2)
+    a, b = Prior.from_config(cfg), Prior.from_config(cfg)
+    assert not torch.equal(a.model.tok_emb.weight, b.model.tok_emb.weight)
+    assert torch.equal(Prior.from_config(cfg, seed=3).model.tok_emb.weight, Prior.from_config(cfg, seed=3).model.tok_emb.weight)

@@ -109,6 +109,15 @@ def test_end_to_end_two_colour_classes_fast(tmp_path, bundled):
     true = prior.log_prob(levels, label=held_out.labels).sum()
     swapped = prior.log_prob(levels, label=1 - held_out.labels).sum()
     assert true > swapped + 10
+    # rejection sampling with a score over decoded images; int seeds make sample i the same in every batch
+    def reddish(tokens):
+        rgb = bundled.decode(tokens, output="pt").mean(dim=(2, 3))
+        return rgb[:, 0] > rgb[:, 2] + 0.15
+
+    first = prior.sample(8, label="red", top_k=20, generator=5)
+    kept = prior.sample(6, label="red", top_k=20, generator=5, accept=reddish, batch_size=8, max_tries=4)
+    assert bool(reddish(kept).all())
+    assert torch.equal(kept[: int(reddish(first).sum())], first[reddish(first)][:6])
 
 
 def test_resume_is_exact(tmp_path):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import config_hash
-from ..errors import ConfigError, InputError, WeightsError
+from ..errors import ConfigError, InputError, UnknownModelError, WeightsError
 from . import sampling
 from .config import PriorConfig
 from .pixelcnn import GatedPixelCNN
@@ -62,9 +62,13 @@ def _hub_folder(name: str, revision: str | None, cache_dir: str | os.PathLike | 
     The only Hub-facing code of the prior (to become ``hub.resolve``)."""
     from .. import hub, registry
 
-    ref = registry.parse_name(name)
-    if ref.kind != "hub":
-        raise InputError(f"{name!r} is not a prior folder or a Hub repo id (a prior folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        ref = registry.parse_name(name)
+    except UnknownModelError:
+        ref = None
+    if ref is None or ref.kind != "hub":
+        raise UnknownModelError(f"{name!r} is neither a prior folder (holding {CONFIG_NAME} and {WEIGHTS_NAME}) nor a Hub repo id "
+                                "('org/name' or 'hf-hub:org/name[@revision]')")  # fmt: skip
     rev = revision or ref.revision
     config = hub.download(ref.repo_id, CONFIG_NAME, revision=rev, cache_dir=cache_dir)
     weights = hub.download(ref.repo_id, WEIGHTS_NAME, revision=rev, cache_dir=cache_dir)
@@ -111,11 +115,11 @@ class Prior:
     def from_config(cls, config: PriorConfig | dict, *, seed: int | None = None) -> "Prior":
         """A prior with random weights (``seed`` makes them reproducible)."""
         cfg = config if isinstance(config, PriorConfig) else PriorConfig.from_dict(config)
+        if seed is None:
+            return cls(build_prior_model(cfg), cfg)
         with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            model = build_prior_model(cfg)
-        return cls(model, cfg)
+            torch.manual_seed(seed)
+            return cls(build_prior_model(cfg), cfg)
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, device: str | torch.device = "cpu", revision: str | None = None,
