@@ -157,6 +157,10 @@ def test_cli_train_sample_eval(tmp_path, capsys, tiny_tokenizer):
     assert main(["prior", "eval", prior_dir, str(ds), "--json"]) == 0
     bpt = json.loads(capsys.readouterr().out)["bits_per_token"]
     assert abs(bpt - Prior.from_pretrained(prior_dir).bits_per_token(load_token_data(ds))) < 1e-6
+    # a token file from `imagetok encode -o` / `prior sample -o` evaluates too (and names its tokenizer)
+    capsys.readouterr()
+    assert main(["prior", "eval", prior_dir, str(tmp_path / "s.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 2
     # errors: one line, exit 1
     assert main(["prior", "sample", prior_dir, "--class", "cow", "-o", str(tmp_path / "x.json")]) == 1
     assert "unknown class 'cow'; known classes: ['cat', 'dog']" in capsys.readouterr().err
@@ -168,6 +172,9 @@ def test_cli_train_sample_eval(tmp_path, capsys, tiny_tokenizer):
     err = capsys.readouterr().err.strip()
     assert "tok2" in err and "trained on tokens of" in err and len(err.splitlines()) == 1
     assert main(["prior", "sample", prior_dir, "--decode", "--tokenizer", str(tmp_path / "tok2"), "-o", str(tmp_path / "y")]) == 1
+    assert main(["encode", str(tmp_path / "png" / "00000.png"), "-m", str(tmp_path / "tok2"), "--size", "32", "-o", str(tmp_path / "o.json")]) == 0
+    assert main(["prior", "eval", prior_dir, str(tmp_path / "o.json")]) == 1
+    assert "trained on tokens of" in capsys.readouterr().err
 
 
 def test_token_data_from_parquet_with_labels(tmp_path, tiny_tokenizer):

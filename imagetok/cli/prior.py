@@ -115,8 +115,8 @@ def add_parser(sub) -> None:
     s.add_argument("-o", "--output", required=True, help="token file (.safetensors/.json/.npy), or with --decode a folder (or .png for -n 1)")
     s.set_defaults(func=cmd_sample)
 
-    e = psub.add_parser("eval", help="bits per token of a prior on a tokenize-dataset folder")
+    e = psub.add_parser("eval", help="bits per token of a prior on token data (refused if made by another tokenizer)")
     e.add_argument("prior", metavar="DIR")
-    e.add_argument("data", type=Path, metavar="DATA")
+    e.add_argument("data", type=Path, metavar="DATA", help="tokenize-dataset folder, or a token file (imagetok encode -o / prior sample -o)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

@@ -116,8 +116,8 @@ class TokenData:
 
 
 def load_token_data(source: Any) -> TokenData:
-    """A :class:`TokenData`, a ``tokenize-dataset`` folder path, or a ``(tokens, labels)`` pair is
-    returned as :class:`TokenData` (see :meth:`TokenData.from_tensors` for tensors).
+    """A :class:`TokenData`, a ``tokenize-dataset`` folder, or a token file from ``imagetok encode -o``
+    (no labels) as :class:`TokenData` (for tensors see :meth:`TokenData.from_tensors`).
 
     Raises:
         InputError: not a token dataset, rows with different grids, a bad label column.
@@ -125,7 +125,8 @@ def load_token_data(source: Any) -> TokenData:
     if isinstance(source, TokenData):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return _read_folder(Path(source))
+        path = Path(source)
+        return _read_token_file(path) if path.is_file() else _read_folder(path)
     raise InputError(f"token data must be a tokenize-dataset folder or TokenData, got {type(source).__name__}")
 
 
@@ -187,3 +188,21 @@ def _read_folder(folder: Path) -> TokenData:
         raise InputError(f"{folder}: labels must be in [0, {len(classes) if classes else 'num_classes'}), got {int(lab.min())}..{int(lab.max())}")
     tokenizer = {"name": tok.get("name"), "config_hash": tok.get("config_hash"), "config": tok.get("config"), "family": tok.get("family")}
     return TokenData(flat, lab, grid, sizes, tuple(classes) if classes else None, tokenizer)
+
+
+def _read_token_file(path: Path) -> TokenData:
+    from ..config import config_from_dict
+    from ..errors import ConfigError
+    from ..tokenfile import load_tokens
+
+    levels, meta = load_tokens(path)
+    if not meta.get("config"):
+        raise InputError(f"{path}: the token file does not record its tokenizer's config (a .npy file?); "
+                         "load the tokens and use TokenData.from_tensors(..., tokenizer=tok)")  # fmt: skip
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ConfigError as e:
+        raise InputError(f"{path}: bad tokenizer config in the token file ({e})") from None
+    data = TokenData.from_tensors(levels if len(levels) > 1 else levels[0], codebook_sizes=cfg.codebook_sizes)
+    data.tokenizer = {"name": meta.get("model"), "config_hash": meta.get("config_hash"), "config": meta["config"], "family": cfg.family}
+    return data
