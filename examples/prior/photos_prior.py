@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from imagetok import Prior, Tokenizer
-from imagetok.image import load_image, _pil_to_array
+from imagetok.image import _pil_to_array, load_image
 from imagetok.prior import load_token_data
 from imagetok.prior.trainer import train_prior
 from imagetok.tokenize_dataset import tokenize_dataset

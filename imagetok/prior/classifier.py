@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from .data import TokenData, load_token_data
+from .data import load_token_data
 
 FORMAT = "imagetok-token-classifier"
 
