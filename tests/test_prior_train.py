@@ -147,6 +147,11 @@ def test_cli_train_sample_eval(tmp_path, capsys, tiny_tokenizer):
                  "--heads", "2", "--device", "cpu"]) == 0  # fmt: skip
     prior_dir = capsys.readouterr().out.strip()
     assert Path(prior_dir) == tmp_path / "run" / "prior"
+    assert Prior.from_pretrained(prior_dir).classes == ("cat", "dog")
+    assert main(["prior", "train", str(ds), "--out", str(tmp_path / "uncond"), "--steps", "1", "--width", "16", "--depth", "1",
+                 "--heads", "2", "--arch", "pixelcnn", "--unconditional"]) == 0  # fmt: skip
+    uncond = Prior.from_pretrained(capsys.readouterr().out.strip())
+    assert uncond.num_classes == 0 and uncond.config.arch == "pixelcnn"
     # token file -> `imagetok decode` (which finds the tokenizer in the file's metadata)
     assert main(["prior", "sample", prior_dir, "-n", "2", "--class", "dog", "--top-k", "5", "--cfg", "2", "-o", str(tmp_path / "s.safetensors")]) == 0
     assert main(["decode", str(tmp_path / "s.safetensors"), "-o", str(tmp_path / "dec")]) == 0

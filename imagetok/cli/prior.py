@@ -23,6 +23,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise InputError(f"{args.config}: cannot read the prior train config ({e})") from None
     given = {k: getattr(args, k) for k in ("arch", "steps", "width", "depth", "heads", "batch_size", "lr", "eval_data",
                                             "seed", "device", "label_dropout", "num_threads") if getattr(args, k) is not None}  # fmt: skip
+    if args.unconditional:
+        given["conditional"] = False
     out = train_prior({**base, "data": str(args.data), "out_dir": str(args.out), **given})
     print(out)
     return 0
@@ -96,6 +98,7 @@ def add_parser(sub) -> None:
     for name, typ in (("steps", int), ("width", int), ("depth", int), ("heads", int), ("batch-size", int), ("lr", float),
                       ("seed", int), ("label-dropout", float), ("num-threads", int)):  # fmt: skip
         t.add_argument(f"--{name}", type=typ, default=None)
+    t.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
     t.add_argument("--eval-data", default=None, help="held-out tokenize-dataset folder (bits per token in metrics.jsonl)")
     t.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     t.set_defaults(func=cmd_train)
