@@ -254,3 +254,21 @@ def test_unknown_prior_names_and_unseeded_init(tmp_path):
     a, b = Prior.from_config(cfg), Prior.from_config(cfg)
     assert not torch.equal(a.model.tok_emb.weight, b.model.tok_emb.weight)
     assert torch.equal(Prior.from_config(cfg, seed=3).model.tok_emb.weight, Prior.from_config(cfg, seed=3).model.tok_emb.weight)
+
+
+@pytest.mark.parametrize("family,arch", [("vqvae", "pixelcnn"), ("vqvae2", "vqvae2"), ("vqgan", "transformer")])
+def test_samples_decode_with_their_tokenizer(tiny_tokenizer, family, arch):
+    """sample() returns what encode() returns for a batch, so decode takes it as is (a (top, bottom) tuple for VQ-VAE-2)."""
+    tok = tiny_tokenizer(family)
+    encoded = tok.encode([np.full((32, 32, 3), 90, np.uint8)] * 2, size=32)
+    levels = encoded if isinstance(encoded, tuple) else (encoded,)
+    grid = tuple(int(s) for t in levels for s in t.shape[1:])
+    prior = Prior.from_config(PriorConfig(arch=arch, codebook_sizes=tok.codebook_sizes, grid=grid, width=16, depth=1, heads=2,
+                                          tokenizer_hash=config_hash(tok.config)), seed=0)  # fmt: skip
+    prior.check_tokenizer(tok)
+    sampled = prior.sample(3, generator=0, top_k=8)
+    assert type(sampled) is type(encoded)
+    for s, e in zip(as_tuple(sampled), levels):
+        assert s.dtype == e.dtype and s.shape[1:] == e.shape[1:]
+    assert tok.decode(sampled, output="np").shape == (3, 32, 32, 3)
+    assert prior.log_prob(encoded).shape == (2,)
