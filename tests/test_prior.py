@@ -156,6 +156,13 @@ def test_cfg_and_label_validation():
             prior.sample(**{"n": 1, **bad})
     assert torch.equal(prior.sample(2, label="dog", generator=0), prior.sample(2, label=1, generator=0))
     assert torch.equal(prior.sample(2, label="dog", generator=0), prior.sample(2, label=["dog", "dog"], generator=0))
+    with pytest.raises(InputError, match="one label for all samples"):
+        prior.sample(2, label=["cat", "dog"], accept=lambda t: torch.ones(len(t), dtype=torch.bool))
+    data = TokenData.from_tensors(torch.zeros(2, 4, 5, dtype=torch.long), [0, 1], codebook_sizes=(37,), classes=["cat", "cow"])
+    with pytest.raises(InputError, match=r"classes \['cat', 'cow'\] are not this prior's \['cat', 'dog', 'fox'\]"):
+        prior.bits_per_token(data)
+    with pytest.raises(InputError, match="out of range for this prior's 3 classes"):
+        prior.bits_per_token(TokenData.from_tensors(torch.zeros(2, 4, 5, dtype=torch.long), [0, 3], codebook_sizes=(37,)))
     guided = prior.sample(4, label="fox", cfg=3.0, generator=0)
     assert guided.shape == (4, 4, 5)
     uncond = tiny_prior("transformer", num_classes=0)

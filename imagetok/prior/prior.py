@@ -369,6 +369,11 @@ class Prior:
                 self.check_tokenizer(data.tokenizer)
             levels, _ = self.check_tokens(data.levels())
             labels = data.labels if use_labels and self.num_classes else None
+            if labels is not None:
+                if data.classes and self.classes and tuple(data.classes) != self.classes:
+                    raise InputError(f"the data's classes {list(data.classes)} are not this prior's {list(self.classes)}")
+                if len(labels) and int(labels.max()) >= self.num_classes:
+                    raise InputError(f"label {int(labels.max())} is out of range for this prior's {self.num_classes} classes")
         else:
             levels, _ = self.check_tokens(data)
             labels = None
@@ -435,6 +440,8 @@ class Prior:
         if max_tries < 1:
             raise InputError(f"max_tries must be >= 1, got {max_tries}")
         labels = self.label_ids(label, n)
+        if accept is not None and labels is not None and len(set(labels.tolist())) > 1:
+            raise InputError("rejection sampling takes one label for all samples; call sample() once per class")
         batch_size = batch_size or n
         kept: list[tuple[torch.Tensor, ...]] = []
         count, index, tries = 0, 0, 0
