@@ -11,6 +11,7 @@ from ._version import __version__
 from .config import VQGANConfig, VQVAE2Config, VQVAEConfig, config_from_dict, config_to_dict
 from .errors import ImagetokError
 from .tokenizer import Tokenizer
+from .prior import Prior  # stage 2: generate token grids (imagetok.prior)
 
 __all__ = [
     "Tokenizer",

@@ -518,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hub_parsers(sub)
     _tokenize_dataset_parser(sub)
     _train_parser(sub)
+    from .prior import add_parser as add_prior_parser; add_prior_parser(sub)  # noqa: E702  imagetok prior ...
     return parser
 
 
