@@ -11,7 +11,7 @@ import torch
 
 from imagetok import Tokenizer
 from imagetok.config import config_hash
-from imagetok.errors import ConfigError, InputError
+from imagetok.errors import ConfigError, InputError, WeightsError
 from imagetok.prior import Prior, PriorConfig, TokenData
 from imagetok.prior.sampling import draw, filter_logits, run
 
@@ -244,7 +244,7 @@ def test_from_pretrained_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ConfigError, match=r"unknown prior config key\(s\) \['widht'\]"):
         Prior.from_pretrained(out)
     (out / "config.json").write_text(json.dumps({**cfg, "width": 48}))
-    with pytest.raises(Exception, match="do not match"):
+    with pytest.raises(WeightsError, match="saved with another config"):
         Prior.from_pretrained(out)
     for bad in (dict(arch="gpt"), dict(grid=(4,)), dict(width=30, heads=4, arch="transformer"), dict(codebook_sizes=(8, 8))):
         with pytest.raises(ConfigError):
@@ -254,8 +254,9 @@ def test_from_pretrained_errors(tmp_path, tiny_model_dir):
 def test_unknown_prior_names_and_unseeded_init(tmp_path):
     from imagetok.errors import UnknownModelError
 
-    for name in (tmp_path / "no" / "such" / "prior", "vqgan-f8-4096.imagetok-photos"):
-        with pytest.raises(UnknownModelError, match="neither a prior folder"):
+    for name, why in ((tmp_path / "no" / "such" / "prior", "not a local model folder"),
+                      ("vqgan-f8-4096.imagetok-photos", "names a tokenizer in the weights manifest, not a prior")):
+        with pytest.raises(UnknownModelError, match=why):
             Prior.from_pretrained(name)
     cfg = PriorConfig(**ARCHS["transformer"], width=16, depth=1, heads=2)
     a, b = Prior.from_config(cfg), Prior.from_config(cfg)

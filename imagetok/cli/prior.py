@@ -32,33 +32,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from ..prior import Prior
+    from . import _check_output, _output_paths
 
     prior = Prior.from_pretrained(args.prior)
+    out = Path(args.output)
+    if args.decode:  # outputs are checked before any work
+        tok = prior.load_tokenizer() if args.tokenizer is None else _tokenizer(prior, args.tokenizer)
+        paths = _output_paths(str(out), args.n, [], [], args.overwrite)
+    else:
+        if out.suffix not in TOKEN_SUFFIXES:
+            raise InputError(f"{out}: a token file must end in one of {TOKEN_SUFFIXES} (or pass --decode to write PNGs)")
+        if not prior.config.tokenizer_config:
+            raise InputError("this prior does not record its tokenizer's config, so no token file can name it; use --decode --tokenizer NAME")
+        _check_output(out, [], args.overwrite)
     label = args.class_
     if label is not None and label.isdigit() and label not in prior.classes:
         label = int(label)
     tokens = prior.sample(args.n, label=label, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           cfg=args.cfg, generator=args.seed, batch_size=args.batch_size)  # fmt: skip
-    levels = tokens if isinstance(tokens, tuple) else (tokens,)
-    out = Path(args.output)
     if args.decode:
-        from . import _output_paths
-
-        tok = prior.load_tokenizer() if args.tokenizer is None else _tokenizer(prior, args.tokenizer)
-        images = tok.decode(tokens)
-        paths = _output_paths(str(out), args.n, [])
-        for img, path in zip(images, paths):
+        for img, path in zip(tok.decode(tokens), paths):
             img.save(path)
         print(f"wrote {len(paths)} image(s) to {out}", file=sys.stderr)
         return 0
-    if out.suffix not in TOKEN_SUFFIXES:
-        raise InputError(f"{out}: a token file must end in one of {TOKEN_SUFFIXES} (or pass --decode to write PNGs)")
     from ..config import config_from_dict
     from ..tokenfile import save_tokens
 
-    if not prior.config.tokenizer_config:
-        raise InputError("this prior does not record its tokenizer's config, so no token file can name it; use --decode --tokenizer NAME")
-    save_tokens(out, levels, model=prior.config.tokenizer, config=config_from_dict(prior.config.tokenizer_config))
+    levels = tokens if isinstance(tokens, tuple) else (tokens,)
+    save_tokens(out, levels, model=prior.config.tokenizer, config=config_from_dict(prior.config.tokenizer_config),
+                overwrite=args.overwrite)
     print(f"wrote {args.n} token grid(s) {[list(t.shape[1:]) for t in levels]} to {out}", file=sys.stderr)
     return 0
 
@@ -116,6 +118,7 @@ def add_parser(sub) -> None:
     s.add_argument("--decode", action="store_true", help="write PNGs with the tokenizer named in the prior's config")
     s.add_argument("--tokenizer", default=None, help="with --decode: load this tokenizer instead (its config hash must match)")
     s.add_argument("-o", "--output", required=True, help="token file (.safetensors/.json/.npy), or with --decode a folder (or .png for -n 1)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=cmd_sample)
 
     e = psub.add_parser("eval", help="bits per token of a prior on token data (refused if made by another tokenizer)")

@@ -10,7 +10,6 @@ levels are concatenated and mapped to class logits. Stored like a prior: ``confi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -132,31 +131,31 @@ class TokenClassifier(nn.Module):
 
     # -------------------------------------------------------------------------- storage
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from ..tokenizer import save_safetensors
+        """Write ``config.json`` + ``model.safetensors`` atomically (:func:`imagetok.serialization.save_folder`)."""
+        from ..serialization import save_folder
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         cfg = {"format": FORMAT, "codebook_sizes": list(self.codebook_sizes), "num_classes": self.num_classes,
                "width": self.width, "classes": list(self.classes), "tokenizer_hash": self.tokenizer_hash}  # fmt: skip
-        save_safetensors({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}, d / "model.safetensors", {"format": "pt"})
-        (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        return d
+        return save_folder(directory, cfg, {k: v.detach().float() for k, v in self.state_dict().items()})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "TokenClassifier":
-        from ..tokenizer import load_state_dict, load_weights_strict
+        """Load a folder written by :meth:`save_pretrained` (strict, header-checked)."""
+        from ..serialization import load_folder
 
-        d = Path(directory)
-        try:
-            cfg = json.loads((d / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{d}: cannot read config.json ({e})") from None
-        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-            raise ConfigError(f"{d}: not an imagetok token classifier (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
-        try:
-            clf = cls(cfg["codebook_sizes"], cfg["num_classes"], width=cfg["width"], classes=cfg.get("classes", ()),
-                      tokenizer_hash=cfg.get("tokenizer_hash", ""))  # fmt: skip
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"{d}/config.json: missing or malformed key ({e})") from None
-        load_weights_strict(clf, load_state_dict(d / "model.safetensors"), str(d / "model.safetensors"))
-        return clf.eval()
+        def parse(cfg: dict) -> dict:
+            if cfg.get("format") != FORMAT:
+                raise ConfigError(f"not an imagetok token classifier (format {cfg.get('format')!r}, expected {FORMAT!r})")
+            missing = [k for k in ("codebook_sizes", "num_classes", "width") if k not in cfg]
+            if missing:
+                raise ConfigError(f"missing key(s) {missing}")
+            return cfg
+
+        def build(cfg: dict) -> "TokenClassifier":
+            try:
+                return cls(cfg["codebook_sizes"], cfg["num_classes"], width=cfg["width"], classes=cfg.get("classes", ()),
+                           tokenizer_hash=cfg.get("tokenizer_hash", ""))  # fmt: skip
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{directory}/config.json: malformed value ({e})") from None
+
+        return load_folder(directory, parse_config=parse, build=build, to_dict=lambda c: c).model.eval()

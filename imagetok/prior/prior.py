@@ -8,10 +8,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import config_hash
-from ..errors import ConfigError, InputError, UnknownModelError, WeightsError
+from ..errors import InputError, UnknownModelError
 from . import sampling
 from .config import PriorConfig
 from .pixelcnn import GatedPixelCNN
@@ -55,26 +52,6 @@ def model_nll(model: torch.nn.Module, arch: str, levels: Sequence[torch.Tensor],
     for lg, t in zip(model_logits(model, arch, levels, labels), levels):
         total = total + F.cross_entropy(lg.float().transpose(1, 2), t.flatten(1), reduction="none").sum(1)
     return total
-
-
-def _hub_folder(name: str, revision: str | None, cache_dir: str | os.PathLike | None) -> Path:
-    """Download a prior repo (``hf-hub:org/repo[@rev]`` or ``org/repo``) and return its local folder.
-    The only Hub-facing code of the prior (to become ``hub.resolve``)."""
-    from .. import hub, registry
-
-    try:
-        ref = registry.parse_name(name)
-    except UnknownModelError:
-        ref = None
-    if ref is None or ref.kind != "hub":
-        raise UnknownModelError(f"{name!r} is neither a prior folder (holding {CONFIG_NAME} and {WEIGHTS_NAME}) nor a Hub repo id "
-                                "('org/name' or 'hf-hub:org/name[@revision]')")  # fmt: skip
-    rev = revision or ref.revision
-    config = hub.download(ref.repo_id, CONFIG_NAME, revision=rev, cache_dir=cache_dir)
-    weights = hub.download(ref.repo_id, WEIGHTS_NAME, revision=rev, cache_dir=cache_dir)
-    if config.parent != weights.parent:  # pragma: no cover - same snapshot folder
-        raise WeightsError(f"{name}: {CONFIG_NAME} and {WEIGHTS_NAME} come from different snapshots")
-    return config.parent
 
 
 def _push_folder(folder: Path, repo_id: str, *, token: str | None = None, branch: str | None = None,
@@ -128,58 +105,30 @@ class Prior:
 
         Raises:
             ConfigError, WeightsError: files missing, malformed or not matching.
-            HubError: see :func:`imagetok.hub.download`.
+            HubError, UnknownModelError: see :func:`imagetok.hub.resolve`.
         """
-        from ..tokenizer import load_state_dict, load_weights_strict
+        from .. import hub, registry, serialization
 
-        path = Path(name)
-        folder = path if path.is_dir() else _hub_folder(str(name), revision, cache_dir)
-        cfg_path = folder / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise ConfigError(f"{folder}: {CONFIG_NAME} not found (a prior folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-        try:
-            data = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from None
-        try:
-            cfg = PriorConfig.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"{cfg_path}: {e}") from None
-        weights = folder / WEIGHTS_NAME
-        if not weights.is_file():
-            raise WeightsError(f"{weights}: weights file not found")
-        model = build_prior_model(cfg)
-        load_weights_strict(model, load_state_dict(weights), str(weights))
-        return cls(model.to(device), cfg, name=str(name))
+        ref = registry.parse_name(name)
+        if ref.kind == "manifest":  # the manifest lists tokenizers only
+            raise UnknownModelError(f"{name!r} names a tokenizer in the weights manifest, not a prior: pass a prior "
+                                    "folder or the Hub repo id of one ('hf-hub:org/name[@revision]')")  # fmt: skip
+        folder = hub.resolve(ref, revision=revision, cache_dir=cache_dir)
+        loaded = serialization.load_folder(folder, parse_config=PriorConfig.from_dict, build=build_prior_model,
+                                           to_dict=lambda c: c.to_dict())  # fmt: skip
+        return cls(loaded.model.to(device), loaded.config, name=str(name))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``directory``.
 
-        The files are written into a temporary folder beside it, which then replaces ``directory``,
-        so a crash never leaves a half-written prior. Returns the directory path.
+        Written atomically by :func:`imagetok.serialization.save_folder` (a temporary folder first;
+        config.json last), so a crash never leaves a half-written prior. Returns the directory path.
         """
-        from ..tokenizer import save_safetensors
+        from ..serialization import save_folder
 
-        d = Path(directory)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = d.parent / f".{d.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            save_safetensors(state, tmp / WEIGHTS_NAME, {"format": "pt", "imagetok_prior_arch": self.config.arch})
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            (tmp / CARD_NAME).write_text(self._card())
-            old = None
-            if d.exists():
-                old = d.parent / f".{d.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(d, old)
-            os.replace(tmp, d)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return d
+        state = {k: v.detach().float() for k, v in self.model.state_dict().items()}
+        return save_folder(directory, self.config.to_dict(), state, card=self._card(),
+                           metadata={"imagetok_prior_arch": self.config.arch})  # fmt: skip
 
     def _card(self) -> str:
         c = self.config
