@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 
 SOURCE_KINDS = ("hub", "url", "bundled")  # hub: Hugging Face repo; url: manual download; bundled: in the wheel
 CONVERTERS = ("taming", "diffusers", "llamagen", "rosinality")  # imagetok.convert FORMATS (taming covers LDM)
+CONVERTERS += ("transformers", "janus", "chameleon")  # LLM tokenizers (Emu3, Janus, Chameleon)
 RESIZE_MODES = ("shorter_side", "none")
 CROP_MODES = ("center", "none")
 INTERPOLATIONS = ("bilinear", "bicubic", "lanczos", "box-then-bicubic", None)

@@ -15,10 +15,12 @@ Same tokens, decoded pixels within 1e-4 (float32), over several tiny configs and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import smooth_image
 
 from imagetok import Tokenizer
@@ -102,3 +104,113 @@ def _convert(src: Path, fmt: str, out: Path, **kw) -> Path:
 
     convert(src, from_format=fmt, out=out, **kw)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- Janus
+JANUS_CONFIGS = {  # (transformers JanusVQVAEConfig kwargs, image sizes)
+    "f4-attn-last": (dict(base_channels=32, channel_multiplier=[1, 2, 2], num_res_blocks=1, latent_channels=32, embed_dim=8,
+                          num_embeddings=64, num_patches=4), [(16, 24), (24, 16)]),
+    "f2-two-blocks": (dict(base_channels=32, channel_multiplier=[1, 2], num_res_blocks=2, latent_channels=16, embed_dim=4,
+                           num_embeddings=32, num_patches=8), [(16, 16), (8, 24)]),
+}  # fmt: skip
+
+
+def janus_reference(kwargs: dict, seed: int):
+    """A random, perturbed transformers JanusVQVAE (weights rounded to bf16, as Janus-Pro ships them)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    ref = transformers.JanusVQVAE(transformers.JanusVQVAEConfig(**kwargs)).eval()
+    perturb(ref, seed=seed + 1)
+    emb = ref.quantize.embedding.weight
+    spread(emb, ref.quant_conv(ref.encoder(pixels(4, 32, 32, seed=50))), seed=seed + 2)
+    emb.mul_(torch.rand(emb.shape[0], 1, generator=torch.Generator().manual_seed(seed)) * 1.5 + 0.5)  # codes of unequal norms
+    for p in ref.parameters():
+        p.copy_(p.bfloat16().float())
+    return ref
+
+
+def janus_tokens_and_pixels(ref, x: torch.Tensor):
+    """LlamaGen / Janus rule with the reference's own modules: search and decode l2-normalised codes."""
+    lat = ref.quant_conv(ref.encoder(x))
+    cb = F.normalize(ref.quantize.embedding.weight, dim=1)
+    ids = nearest(F.normalize(lat, dim=1), cb)
+    dec = ref.decoder(ref.post_quant_conv(cb[ids].permute(0, 3, 1, 2)))
+    return ids, dec
+
+
+@pytest.mark.parametrize("name", sorted(JANUS_CONFIGS))
+def test_janus_transformers_folder_follows_llamagens_l2_rule(tmp_path, name):
+    kwargs, sizes = JANUS_CONFIGS[name]
+    ref = janus_reference(kwargs, seed=len(name))
+    ref.save_pretrained(tmp_path / "janus")
+    tok = Tokenizer.from_pretrained(_convert(tmp_path / "janus", "transformers", tmp_path / "out"))
+    f = tok.downsample_factors[0]
+    assert tok.config.codebook_norm == "l2" and tok.config.resolution == kwargs["num_patches"] * f
+    differs = 0
+    for h, w in sizes:
+        x = pixels(2, h, w, seed=h + w)
+        ids_ref, dec_ref = janus_tokens_and_pixels(ref, x)
+        ids = tok.model.encode_indices(x)
+        assert torch.equal(ids, ids_ref) and len(ids.unique()) > 4
+        # transformers' JanusVQVAE.encode searches without l2-normalising: other tokens where code norms differ
+        ids_hf = ref.encode(x).image_tokens.view(ids.shape)
+        differs += int((ids_hf != ids).sum())
+        torch.testing.assert_close(tok.model.decode_indices(ids), dec_ref, atol=ATOL, rtol=0)
+        if (h, w) == (kwargs["num_patches"] * f,) * 2:  # transformers' decode takes square grids of num_patches only
+            torch.testing.assert_close(tok.model.decode_indices(ids), ref.decode(ids.flatten(1)), atol=ATOL, rtol=0)
+    assert differs > 0
+
+
+def janus_layout(sd: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """transformers JanusVQVAE names -> DeepSeek's Janus names (LlamaGen's, under gen_vision_model.)."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.conv_blocks.\1.res.", k)
+        k = re.sub(r"^encoder\.down\.(\d+)\.(attn|downsample)\.", r"encoder.conv_blocks.\1.\2.", k)
+        k = re.sub(r"^decoder\.up\.(\d+)\.block\.", r"decoder.conv_blocks.\1.res.", k)  # both run low-res first
+        k = re.sub(r"^decoder\.up\.(\d+)\.(attn|upsample)\.", r"decoder.conv_blocks.\1.\2.", k)
+        k = re.sub(r"^(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.", lambda m: f"{m[1]}.mid.{('block_1', 'attn_1', 'block_2').index(m[2])}.", k)
+        out["gen_vision_model." + k] = v.bfloat16()
+    out["gen_vision_model.quantize.codebook_used"] = torch.zeros(16, dtype=torch.bfloat16)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_janus_original_sharded_bf16_checkpoint(tmp_path, kind):
+    from safetensors.torch import save_file
+
+    kwargs, sizes = JANUS_CONFIGS["f4-attn-last"]
+    ref = janus_reference(kwargs, seed=7)
+    sd = janus_layout(ref.state_dict(), len(kwargs["channel_multiplier"]))
+    llm = {"language_model.model.embed_tokens.weight": torch.randn(8, 4).bfloat16(), "gen_head.output_mlp_projector.weight": torch.randn(4, 4)}
+    names = [f"model-0000{i}-of-00003.{kind}" for i in (1, 2, 3)]
+    keys = sorted(sd)
+    parts = [dict(list((k, sd[k]) for k in keys[: len(keys) // 2]) + [("gen_head.output_mlp_projector.weight", llm["gen_head.output_mlp_projector.weight"])]),
+             {k: sd[k] for k in keys[len(keys) // 2 :]}, {"language_model.model.embed_tokens.weight": llm["language_model.model.embed_tokens.weight"]}]  # fmt: skip
+    folder = tmp_path / "Janus-Pro"
+    folder.mkdir()
+    for name, part in zip(names[:2], parts[:2]):
+        (save_file(part, str(folder / name)) if kind == "safetensors" else torch.save(part, folder / name))
+    (folder / names[2]).write_bytes(b"not read: it holds no gen_vision_model.* tensor")
+    index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+    weight_map = {k: names[i] for i, part in enumerate(parts) for k in part}
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "multi_modality", "gen_vision_config": {
+        "cls": "VQ-16", "model_type": "gen_vision", "params": {"image_token_size": 64, "n_embed": 8}}}))  # fmt: skip
+
+    from imagetok.convert import load_original
+
+    conv = load_original(folder, from_format="janus")
+    assert any("2 of 3 shard(s)" in n for n in conv.notes) and any("bfloat16; upcast to float32" in n for n in conv.notes)
+    assert conv.config.codebook_norm == "l2" and conv.config.resolution == 384 and conv.config.n_embed == 64
+    assert set(conv.ignored) == {"the rest of the model (not gen_vision_model.*)", "LlamaGen codebook-usage statistic (quantize.codebook_used)"}
+    tok = Tokenizer.from_pretrained(_convert(folder, "janus", tmp_path / "out"))
+    for h, w in sizes:
+        x = pixels(2, h, w, seed=3 * h + w)
+        ids_ref, dec_ref = janus_tokens_and_pixels(ref, x)
+        ids = tok.model.encode_indices(x)
+        assert torch.equal(ids, ids_ref)
+        torch.testing.assert_close(tok.model.decode_indices(ids), dec_ref, atol=ATOL, rtol=0)
+    (folder / "config.json").write_text(json.dumps({"gen_vision_config": {"params": {"image_token_size": 128, "n_embed": 8}}}))
+    with pytest.raises(ConversionError, match="n_embed=128 but the checkpoint has n_embed=64"):
+        load_original(folder, from_format="janus")

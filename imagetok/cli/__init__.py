@@ -220,8 +220,9 @@ def _convert_parser(sub) -> None:
                        description="Convert a taming/LDM .ckpt, diffusers VQModel folder, LlamaGen .pt or rosinality "
                        "VQ-VAE-2 .pt into an imagetok folder (config.json, model.safetensors, README.md). Files are "
                        "read without unpickling code; the model card lists what was assumed.")
-    p.add_argument("src", type=Path, help="checkpoint file, or a diffusers folder")
-    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality"])
+    p.add_argument("src", type=Path, help="checkpoint file, or a diffusers / transformers / Janus / Chameleon folder")
+    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality",
+                                                                         "transformers", "janus", "chameleon"])
     p.add_argument("--config", type=Path, default=None,
                    help="the original's config (.json/.yaml): taming model.yaml, diffusers config.json, "
                    "LlamaGen ModelArgs, rosinality kwargs (default: read from tensor shapes)")

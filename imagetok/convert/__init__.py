@@ -12,6 +12,10 @@ Sources (``from_format``):
   or a pipeline folder with ``vqvae/``), or the weights file with ``config.json`` beside it.
 - ``"llamagen"``: FoundationVision/LlamaGen VQ tokenizer checkpoints (l2-normalised codebook).
 - ``"rosinality"``: rosinality/vq-vae-2-pytorch ``VQVAE`` state dicts.
+- ``"transformers"``: a transformers ``Emu3VQVAE`` / ``JanusVQVAE`` / ``ChameleonVQVAE`` folder (or a whole
+  Emu3 / Janus / Chameleon model folder); ``config.json``'s ``model_type`` decides.
+- ``"janus"``: DeepSeek's Janus / Janus-Pro folder or shard (``gen_vision_model.*``, bf16 upcast).
+- ``"chameleon"``: Chameleon's ``tokenizer/vqgan.ckpt`` + ``vqgan.yaml`` (Anole, Lumina-mGPT, Liquid).
 
 Guarantees: every source tensor is either mapped to an imagetok parameter or dropped under a named
 reason (:attr:`Conversion.ignored`), otherwise :class:`~imagetok.errors.ConversionError` lists the
@@ -37,7 +41,7 @@ from ..config import Config
 from ..errors import ConversionError, WeightsError
 from ..models import build_model
 from ..tokenizer import Tokenizer, load_weights_strict
-from . import _diffusers, _llamagen, _rosinality, _taming
+from . import _chameleon, _diffusers, _janus, _llamagen, _rosinality, _taming, _transformers
 from ._common import param_names
 from ._io import SAFE_GLOBALS, ConfigArg, config_dict, read_checkpoint, read_config_file
 
@@ -46,6 +50,8 @@ __all__ = ["FORMATS", "SAFE_GLOBALS", "Conversion", "convert", "load_original", 
 logger = logging.getLogger("imagetok.convert")
 
 _READERS = {"taming": _taming.read, "diffusers": _diffusers.read, "llamagen": _llamagen.read, "rosinality": _rosinality.read}
+_READERS.update({"transformers": _transformers.read, "janus": _janus.read, "chameleon": _chameleon.read})
+_FOLDERS = ("diffusers", "transformers", "janus", "chameleon")  # formats that accept a folder
 FORMATS = tuple(_READERS)
 
 
@@ -99,10 +105,10 @@ def load_original(
     path = Path(src)
     if not path.exists():
         raise ConversionError(f"{path}: not found")
-    if path.is_dir() and from_format != "diffusers":
+    if path.is_dir() and from_format not in _FOLDERS:
         hint = " (it has a config.json: a diffusers folder? try from_format='diffusers')" if (path / "config.json").is_file() else ""
         raise ConversionError(f"{path} is a folder, but {from_format} checkpoints are single files{hint}")
-    if use_ema and from_format in ("diffusers", "rosinality"):
+    if use_ema and from_format in ("diffusers", "rosinality", "transformers", "janus"):
         raise ConversionError(f"use_ema: {from_format} checkpoints hold one set of weights (no EMA copy to choose)")
     notes: list[str] = []
     cfg = config_dict(config)
