@@ -214,3 +214,85 @@ def test_janus_original_sharded_bf16_checkpoint(tmp_path, kind):
     (folder / "config.json").write_text(json.dumps({"gen_vision_config": {"params": {"image_token_size": 128, "n_embed": 8}}}))
     with pytest.raises(ConversionError, match="n_embed=128 but the checkpoint has n_embed=64"):
         load_original(folder, from_format="janus")
+
+
+# ------------------------------------------------------------------------------------------- Chameleon
+CHAMELEON_CONFIGS = {  # (transformers ChameleonVQVAEConfig kwargs, image sizes)
+    "no-level-attn": (dict(base_channels=32, channel_multiplier=[1, 1, 2], num_res_blocks=1, latent_channels=16, embed_dim=8,
+                           num_embeddings=64, resolution=32, attn_resolutions=[]), [(16, 32), (24, 16)]),
+    "attn-level-1": (dict(base_channels=32, channel_multiplier=[1, 2], num_res_blocks=2, latent_channels=32, embed_dim=4,
+                          num_embeddings=32, resolution=32, attn_resolutions=[16]), [(8, 16), (32, 32)]),
+}  # fmt: skip
+
+
+def chameleon_reference(kwargs: dict, seed: int):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    ref = transformers.ChameleonVQVAE(transformers.ChameleonVQVAEConfig(**kwargs)).eval()
+    perturb(ref, seed=seed + 1)
+    spread(ref.quantize.embedding.weight, ref.quant_conv(ref.encoder(pixels(4, 32, 32, seed=50))), seed=seed + 2)
+    return ref
+
+
+@pytest.mark.parametrize("name", sorted(CHAMELEON_CONFIGS))
+@pytest.mark.parametrize("layout", ["vq-folder", "whole-model-shards"])
+def test_chameleon_hf_conversion_is_encoder_only(tmp_path, name, layout):
+    from safetensors.torch import save_file
+
+    kwargs, sizes = CHAMELEON_CONFIGS[name]
+    ref = chameleon_reference(kwargs, seed=len(name))
+    src = tmp_path / "chameleon"
+    if layout == "vq-folder":
+        ref.save_pretrained(src)
+    else:  # facebook/chameleon-7b style: the VQ model under model.vqmodel.*, in one of two shards
+        src.mkdir()
+        save_file({"model.vqmodel." + k: v.contiguous() for k, v in ref.state_dict().items()}, str(src / "model-00001-of-00002.safetensors"))
+        (src / "model-00002-of-00002.safetensors").write_bytes(b"not read")
+        weight_map = {"model.vqmodel." + k: "model-00001-of-00002.safetensors" for k in ref.state_dict()}
+        weight_map["model.embed_tokens.weight"] = "model-00002-of-00002.safetensors"
+        (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        (src / "config.json").write_text(json.dumps({"model_type": "chameleon", "vq_config": ref.config.to_dict()}))
+    tok = Tokenizer.from_pretrained(_convert(src, "transformers", tmp_path / "out"))
+    assert tok.config.decoder is False and not hasattr(tok.model, "decoder")
+    for h, w in sizes:
+        x = pixels(2, h, w, seed=h * 7 + w)
+        ids_ref = ref.encode(x).image_tokens.view(2, h // tok.downsample_factors[0], w // tok.downsample_factors[0])
+        ids = tok.model.encode_indices(x)
+        assert torch.equal(ids, ids_ref) and len(ids.unique()) > 4
+    with pytest.raises(NoDecoderError, match=r"encoder-only.*vqgan\.ckpt.*--from chameleon"):
+        tok.decode(ids[0])
+
+
+def test_chameleon_original_vqgan_ckpt_and_yaml(tmp_path):
+    """tokenizer/vqgan.ckpt (taming Lightning checkpoint with loss.*) + vqgan.yaml; encoder vs transformers."""
+    yaml = pytest.importorskip("yaml")
+    kwargs, sizes = CHAMELEON_CONFIGS["attn-level-1"]
+    ref = chameleon_reference(kwargs, seed=11)
+    full = Tokenizer.from_config(dict(family="vqgan", ch=32, ch_mult=[1, 2], num_res_blocks=2, attn_resolutions=[16],
+                                      z_channels=32, embed_dim=4, n_embed=32, resolution=32), seed=0)  # fmt: skip
+    perturb(full.model, seed=12)
+    sd = {k: v for k, v in full.model.state_dict().items() if k.startswith("decoder.")}
+    sd.update(ref.state_dict())
+    sd["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 4, 4)
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    torch.save({"state_dict": sd, "epoch": 3, "global_step": 10}, folder / "vqgan.ckpt")
+    (folder / "vqgan.yaml").write_text(yaml.safe_dump({"model": {"target": "taming.models.vqgan.VQModel", "params": {
+        "embed_dim": 4, "n_embed": 32, "ddconfig": {"double_z": False, "z_channels": 32, "resolution": 32, "in_channels": 3,
+        "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0},
+        "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"}}}}))  # fmt: skip
+    from imagetok.convert import load_original
+
+    conv = load_original(tmp_path, from_format="chameleon")  # the parent of tokenizer/ works too
+    assert any("Chameleon Research License" in n for n in conv.notes) and conv.assumed == []
+    tok = Tokenizer.from_pretrained(_convert(folder / "vqgan.ckpt", "chameleon", tmp_path / "out"))
+    assert tok.config.decoder and tok.config.resolution == 32
+    for h, w in sizes:
+        x = pixels(1, h, w, seed=h + 2 * w)
+        ids = tok.model.encode_indices(x)
+        assert torch.equal(ids, ref.encode(x).image_tokens.view(ids.shape))
+        codes = ref.quantize.embedding.weight[ids].permute(0, 3, 1, 2)  # Chameleon's codebook, taming's decoder
+        torch.testing.assert_close(tok.model.decode_indices(ids), full.model.decoder(ref.post_quant_conv(codes)), atol=ATOL, rtol=0)
+    (folder / "vqgan.yaml").unlink()
+    with pytest.raises(ConversionError, match="no vqgan.yaml beside it"):
+        load_original(folder, from_format="chameleon")
