@@ -296,3 +296,52 @@ def test_chameleon_original_vqgan_ckpt_and_yaml(tmp_path):
     (folder / "vqgan.yaml").unlink()
     with pytest.raises(ConversionError, match="no vqgan.yaml beside it"):
         load_original(folder, from_format="chameleon")
+
+
+# ------------------------------------------------------------------------------------------------ Emu3
+EMU3_CONFIGS = {  # (transformers Emu3VQVAEConfig kwargs, image sizes)
+    "attn-last-t4": (dict(base_channels=32, channel_multiplier=[1, 2], num_res_blocks=1, attn_resolutions=[1], hidden_size=64,
+                          latent_channels=4, embed_dim=4, codebook_size=64, temporal_downsample_factor=4), [(16, 24), (24, 16)]),
+    "3-level-t2": (dict(base_channels=32, channel_multiplier=[1, 1, 2], num_res_blocks=2, attn_resolutions=[], hidden_size=64,
+                        latent_channels=8, embed_dim=8, codebook_size=32, temporal_downsample_factor=2), [(16, 32), (32, 24)]),
+}  # fmt: skip
+
+
+def emu3_reference(kwargs: dict, seed: int):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    ref = transformers.Emu3VQVAE(transformers.Emu3VQVAEConfig(**kwargs)).eval()
+    perturb(ref, seed=seed + 1)
+    x = pixels(4, 32, 32, seed=50).unsqueeze(1).repeat(1, kwargs["temporal_downsample_factor"], 1, 1, 1)
+    spread(ref.quantize.embedding.weight, ref.quant_conv(ref.encoder(x).permute(0, 2, 1, 3, 4)), seed=seed + 2)
+    return ref
+
+
+@pytest.mark.parametrize("name", sorted(EMU3_CONFIGS))
+def test_emu3_matches_transformers_emu3vqvae(tmp_path, name):
+    kwargs, sizes = EMU3_CONFIGS[name]
+    ref = emu3_reference(kwargs, seed=len(name))
+    ref.save_pretrained(tmp_path / "emu3")
+    tok = Tokenizer.from_pretrained(_convert(tmp_path / "emu3", "transformers", tmp_path / "out"))
+    c = tok.config
+    assert (c.family, c.codebook_size, c.temporal_downsample_factor, c.resolution) == (
+        "emu3", kwargs["codebook_size"], kwargs["temporal_downsample_factor"], 512)
+    for h, w in sizes:
+        x = pixels(2, h, w, seed=5 * h + w)
+        ids_ref = torch.stack(ref.encode(x, image_sizes=torch.tensor([[h, w]] * 2)).image_tokens)
+        ids = tok.model.encode_indices(x)
+        assert torch.equal(ids, ids_ref) and len(ids.unique()) > 4
+        torch.testing.assert_close(tok.model.decode_indices(ids), ref.decode(ids), atol=ATOL, rtol=0)
+
+
+def test_emu3_video_clips_match_transformers(tmp_path):
+    kwargs, _ = EMU3_CONFIGS["attn-last-t4"]
+    ref = emu3_reference(kwargs, seed=3)
+    ref.save_pretrained(tmp_path / "emu3")
+    tok = Tokenizer.from_pretrained(_convert(tmp_path / "emu3", "transformers", tmp_path / "out"))
+    clip = torch.stack([pixels(8, 16, 24, seed=10 * b) for b in range(2)])  # [2, 8 frames, 3, 16, 24]
+    ids_ref = torch.stack(ref.encode(clip, image_sizes=torch.tensor([[16, 24]] * 2)).image_tokens)  # [2, 2, 8, 12]
+    ids = tok.model.encode_video_indices(clip)
+    assert ids.shape == (2, 2, 8, 12) and torch.equal(ids, ids_ref)
+    # 8 decoded frames of magnitude up to ~6 (random weights): 1e-4 relative as well
+    torch.testing.assert_close(tok.model.decode_video_indices(ids), ref.decode(ids), atol=ATOL, rtol=ATOL)
