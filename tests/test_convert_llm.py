@@ -345,3 +345,43 @@ def test_emu3_video_clips_match_transformers(tmp_path):
     assert ids.shape == (2, 2, 8, 12) and torch.equal(ids, ids_ref)
     # 8 decoded frames of magnitude up to ~6 (random weights): 1e-4 relative as well
     torch.testing.assert_close(tok.model.decode_video_indices(ids), ref.decode(ids), atol=ATOL, rtol=ATOL)
+
+
+def test_emu3_original_remote_code_folder_and_imagetok_config(tmp_path):
+    """BAAI/Emu3-VisionTokenizer's own files (Emu3's names, model_type Emu3VisionVQ); also a lone weights file
+    with an imagetok config (how the manifest converts it)."""
+    from safetensors.torch import save_file
+
+    from imagetok.config import config_to_dict
+
+    kwargs, sizes = EMU3_CONFIGS["attn-last-t4"]
+    ref = emu3_reference(kwargs, seed=9)
+    ref.save_pretrained(tmp_path / "hf")
+    tok = Tokenizer.from_pretrained(_convert(tmp_path / "hf", "transformers", tmp_path / "out"))
+    (tmp_path / "baai").mkdir()
+    save_file({k: v.contiguous() for k, v in tok.model.state_dict().items()}, str(tmp_path / "baai/model.safetensors"))
+    (tmp_path / "baai/config.json").write_text(json.dumps({"architectures": ["Emu3VisionVQModel"], "model_type": "Emu3VisionVQ",
+        "codebook_size": 64, "embed_dim": 4, "z_channels": 4, "double_z": False, "in_channels": 3, "out_channels": 3,
+        "temporal_downsample_factor": 4, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [1], "dropout": 0.0}))  # fmt: skip
+    (tmp_path / "lone").mkdir()
+    (tmp_path / "lone/model.safetensors").write_bytes((tmp_path / "baai/model.safetensors").read_bytes())
+    from imagetok.convert import convert
+
+    for src, cfg in ((tmp_path / "baai", None), (tmp_path / "lone/model.safetensors", config_to_dict(tok.config))):
+        other = convert(src, from_format="transformers", config=cfg)
+        assert other.config == tok.config
+        x = pixels(1, *sizes[0], seed=1)
+        ids = other.model.encode_indices(x)
+        assert torch.equal(ids, torch.stack(ref.encode(x, image_sizes=torch.tensor([sizes[0]])).image_tokens))
+        torch.testing.assert_close(other.model.decode_indices(ids), ref.decode(ids), atol=ATOL, rtol=0)
+    with pytest.raises(ConversionError, match="no config.json"):
+        convert(tmp_path / "lone/model.safetensors", from_format="transformers")
+
+
+def test_janus_index_file_names_missing_shards(tmp_path):
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
+        "gen_vision_model.encoder.conv_in.weight": "pytorch_model-00001-of-00002.bin", "lm.w": "pytorch_model-00002-of-00002.bin"}}))  # fmt: skip
+    from imagetok.convert import load_original
+
+    with pytest.raises(ConversionError, match=r"\['pytorch_model-00001-of-00002.bin'\] are not in"):
+        load_original(tmp_path / "pytorch_model.bin.index.json", from_format="janus")

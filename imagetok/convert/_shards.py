@@ -24,8 +24,10 @@ SINGLE = ("model.safetensors", "pytorch_model.bin")
 
 def _shard_files(src: Path, prefixes: tuple[str, ...]) -> tuple[list[Path], str]:
     """The files to open for keys under ``prefixes`` (all files when no index says where they are)."""
-    if src.is_file():
+    if src.is_file() and src.name not in INDEXES:
         return [src], f"read {src.name}"
+    if src.is_file():  # an index file: its shards lie beside it
+        src = src.parent
     for name in INDEXES:
         index = src / name
         if index.is_file():
@@ -37,6 +39,12 @@ def _shard_files(src: Path, prefixes: tuple[str, ...]) -> tuple[list[Path], str]
             if not files:
                 raise ConversionError(f"{index}: no tensor under {' or '.join(prefixes)} (is this the right model?)")
             total = len(set(weight_map.values()))
+            missing = [f for f in files if not (src / f).is_file()]
+            if missing:
+                raise ConversionError(
+                    f"{index} lists the tokenizer's tensors in {files}, but {missing} are not in {src}; download them "
+                    f"too (e.g. `hf download REPO {' '.join(files)} {name} config.json --local-dir {src}`)"
+                )
             return [src / f for f in files], f"read {len(files)} of {total} shard(s) listed in {name}: {files}"
     for name in SINGLE:
         if (src / name).is_file():

@@ -44,26 +44,40 @@ from ._shards import read_prefixed, upcast_note
 VQ_TYPES = ("chameleon_vqgan", "janus_vqgan", "emu3_vqgan")
 MODEL_TYPES = ("chameleon", "janus", "emu3")
 _PROJ = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "proj_out"}
+EMU3_REMOTE = "Emu3VisionVQ"  # model_type of BAAI/Emu3-VisionTokenizer's config.json (remote code)
+_EMU3_ORIGINAL = {"ch": "base_channels", "ch_mult": "channel_multiplier", "z_channels": "latent_channels", "double_z": "double_latent"}
 
 
 def _vq_config(folder: Path, cfg: dict[str, Any] | None) -> tuple[dict[str, Any], str, tuple[str, ...]]:
-    """(the VQ config, its model_type, the key prefixes to look under)."""
-    if cfg is None:
-        if not (folder / "config.json").is_file():
-            raise ConversionError(f"{folder}: no config.json (expected a transformers save_pretrained folder)")
-        cfg = read_config_file(folder / "config.json")
-    mt = cfg.get("model_type")
+    """(the VQ config, its model_type, the key prefixes to look under).
+
+    ``cfg`` may be the source's config (replacing ``config.json``) or an imagetok config, which then
+    stands for the VQ config while ``config.json`` (when present) still names the class.
+    """
+    user_imagetok = cfg if cfg is not None and cfg.get("family") is not None else None
+    base = cfg if cfg is not None and user_imagetok is None else None
+    if base is None and (folder / "config.json").is_file():
+        base = read_config_file(folder / "config.json")
+    if base is None:
+        if user_imagetok is not None and user_imagetok["family"] == "emu3":
+            return user_imagetok, "emu3_vqgan", ("", "model.vqmodel.", "vqmodel.")
+        raise ConversionError(f"{folder}: no config.json (expected a transformers save_pretrained folder; its model_type names the class)")
+    mt = base.get("model_type")
     if mt in MODEL_TYPES:
-        vq = cfg.get("vq_config")
+        vq = base.get("vq_config")
         if not isinstance(vq, dict):
             raise ConversionError(f"config.json has model_type {mt!r} but no vq_config block")
-        return {"model_type": f"{mt}_vqgan", **vq}, f"{mt}_vqgan", ("model.vqmodel.", "vqmodel.")
-    if mt in VQ_TYPES:
-        return cfg, mt, ("", "model.vqmodel.", "vqmodel.")
-    raise ConversionError(
-        f"config.json model_type {mt!r} is not a supported transformers image tokenizer; expected one of "
-        f"{list(VQ_TYPES)} (or a whole {list(MODEL_TYPES)} model)"
-    )
+        vq, mt, prefixes = {"model_type": f"{mt}_vqgan", **vq}, f"{mt}_vqgan", ("model.vqmodel.", "vqmodel.")
+    elif mt in VQ_TYPES:
+        vq, prefixes = base, ("", "model.vqmodel.", "vqmodel.")
+    elif mt == EMU3_REMOTE:  # BAAI/Emu3-VisionTokenizer's own (trust_remote_code) folder: Emu3's names already
+        vq, mt, prefixes = {_EMU3_ORIGINAL.get(k, k): v for k, v in base.items()}, "emu3_vqgan", ("",)
+    else:
+        raise ConversionError(
+            f"config.json model_type {mt!r} is not a supported transformers image tokenizer; expected one of "
+            f"{[*VQ_TYPES, EMU3_REMOTE]} (or a whole {list(MODEL_TYPES)} model)"
+        )
+    return (user_imagetok if user_imagetok is not None else vq), mt, prefixes
 
 
 def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle: bool, notes: list[str]) -> Mapped:
@@ -157,6 +171,8 @@ def _emu3_key(k: str, v: torch.Tensor):
         if re.match(r"(block\.\d+|downsample|upsample)\.", rest):
             return f"{base}.{i}.{rest}", v
         return None
+    if re.match(r"(encoder\.down|decoder\.up|encoder\.mid|decoder\.mid)\.", k):
+        return k, v  # already Emu3's original names (BAAI/Emu3-VisionTokenizer's own files)
     if re.match(r"(encoder|decoder)\.(conv_in|norm_out|conv_out|time_conv|time_res_stack)\.", k) or k.startswith(
         ("quant_conv.", "post_quant_conv.", "quantize.embedding.")
     ):
@@ -176,7 +192,7 @@ def _emu3(sd: dict[str, torch.Tensor], vq: dict[str, Any], notes: list[str]) -> 
             raise ConversionError(f"num_attention_heads={heads}: Emu3's VisionTokenizer (and imagetok's) uses single-head attention")
         renames = {"base_channels": "ch", "channel_multiplier": "ch_mult", "num_res_blocks": "num_res_blocks",
                    "attn_resolutions": "attn_resolutions", "latent_channels": "z_channels", "embed_dim": "embed_dim",
-                   "codebook_size": "codebook_size", "temporal_downsample_factor": "temporal_downsample_factor",
+                   "codebook_size": "codebook_size", "temporal_downsample_factor": "temporal_downsample_factor", "dropout": "dropout",
                    "in_channels": "in_channels", "out_channels": "out_channels"}  # fmt: skip
         data = {"family": "emu3", **{dst: vq[src] for src, dst in renames.items() if vq.get(src) is not None}}
         data.update(extras(vq))
