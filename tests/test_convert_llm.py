@@ -385,3 +385,31 @@ def test_janus_index_file_names_missing_shards(tmp_path):
 
     with pytest.raises(ConversionError, match=r"\['pytorch_model-00001-of-00002.bin'\] are not in"):
         load_original(tmp_path / "pytorch_model.bin.index.json", from_format="janus")
+
+
+# ------------------------------------------------------------------------------------ manifest / list
+LLM_ENTRIES = {
+    "vqgan-f16-16384.janus-pro-7b": ("janus", (24, 24), 16384),
+    "vqgan-f16-8192.chameleon": ("chameleon", (32, 32), 8192),
+    "emu3-f8-32768.emu3-visiontokenizer": ("transformers", (64, 64), 32768),
+    "vqgan-f8-16384.kandinsky-2-2-movq": ("diffusers", (64, 64), 16384),
+}
+
+
+def test_manifest_llm_entries_and_list_shows_licences(capsys):
+    from imagetok import registry
+    from imagetok.cli import main
+
+    for name, (converter, grid, k) in LLM_ENTRIES.items():
+        e = registry.get_entry(name)
+        assert e.source.converter == converter and e.tokens.grids == (grid,) and e.tokens.vocab_sizes == (k,)
+        assert e.source.revision is None and e.source.sha256 is None
+    cham = registry.get_entry("vqgan-f16-8192.chameleon").license
+    assert cham.non_commercial and cham.gated and cham.weights == "Chameleon Research License"
+    assert registry.get_entry("vqgan-f8-16384.kandinsky-2-2-movq").config.norm_type == "spatial"
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["vqgan-f16-8192.chameleon"].endswith("Chameleon Research License (non-commercial, gated)")
+    assert rows["emu3-f8-32768.emu3-visiontokenizer"].endswith("Apache-2.0")
+    assert rows["vqgan-f16-16384.janus-pro-7b"].endswith("DeepSeek License Agreement v1.0")
+    assert "(non-commercial, gated)" in registry.markdown_table()

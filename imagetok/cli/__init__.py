@@ -248,7 +248,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(registry.markdown_table(entries), end="")
     else:
-        rows = [("name", "tokens @ px", "vocab", "params", "weights")]
+        rows = [("name", "tokens @ px", "vocab", "params", "weights", "licence (weights)")]
         for e in entries:
             rows.append((
                 e.name,
@@ -256,6 +256,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 " + ".join(map(str, e.tokens.vocab_sizes)),
                 f"{e.num_params / 1e6:.1f}M",
                 {"hub": e.source.repo_id, "url": "manual download"}.get(e.source.kind, e.source.kind),
+                (e.license.weights or "?") + (f" ({e.license.markers()})" if e.license.markers() else ""),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
