@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import smooth_image
+from conftest import smooth_image, spread_codebooks
 
 from imagetok import Tokenizer
 from imagetok.errors import ConversionError, NoDecoderError
@@ -413,3 +413,34 @@ def test_manifest_llm_entries_and_list_shows_licences(capsys):
     assert rows["emu3-f8-32768.emu3-visiontokenizer"].endswith("Apache-2.0")
     assert rows["vqgan-f16-16384.janus-pro-7b"].endswith("DeepSeek License Agreement v1.0")
     assert "(non-commercial, gated)" in registry.markdown_table()
+
+
+# ------------------------------------------------------------------------------ configs and fast path
+def test_new_vqgan_fields_leave_existing_configs_unchanged():
+    from imagetok.config import VQGANConfig, config_from_dict, config_hash, config_to_dict
+
+    plain = config_to_dict(VQGANConfig())
+    assert "norm_type" not in plain and "decoder" not in plain  # old config.json files and hashes stay the same
+    assert config_hash(VQGANConfig()) == config_hash(config_from_dict(plain))
+    movq = config_to_dict(VQGANConfig(norm_type="spatial", decoder=False))
+    assert (movq["norm_type"], movq["decoder"]) == ("spatial", False) and config_from_dict(movq).norm_type == "spatial"
+    with pytest.raises(Exception, match="norm_type must be 'group' or 'spatial'"):
+        config_from_dict({**plain, "norm_type": "batch"})
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(family="emu3", ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[1], codebook_size=64, resolution=16),
+    dict(family="vqgan", ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=4, embed_dim=4,
+         n_embed=64, resolution=16, norm_type="spatial"),
+])  # fmt: skip
+def test_fast_path_and_bf16_run_on_emu3_and_movq(cfg, make_image):
+    tok = spread_codebooks(Tokenizer.from_config(cfg, seed=0))
+    img = make_image(16, 24)
+    exact = tok.encode(img, size=None)
+    assert len(exact.unique()) > 4
+    tok.fast = True  # bf16 autocast + channels_last (2-D convs only for Emu3's Conv3d model)
+    assert (tok.encode(img, size=None) == exact).float().mean() > 0.5  # bf16 network: most tokens agree
+    assert tok.decode(exact, output="pt").shape == (3, 16, 24)
+    tok.fast = False
+    tok.to(dtype=torch.bfloat16)
+    assert tok.decode_pixels(exact[None]).dtype == torch.float32 and tok.encode(img, size=None).shape == exact.shape == (8, 12)

@@ -146,6 +146,16 @@ class Emu3VisionVQ(nn.Module):
         self.quant_conv = CausalConv3d(c.z_channels, c.embed_dim)
         self.post_quant_conv = CausalConv3d(c.embed_dim, c.z_channels)
 
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        """``nn.Module.to``; a ``memory_format`` (the Tokenizer's fast path) applies to the 2-D convs only."""
+        fmt = kwargs.pop("memory_format", None)
+        out = super().to(*args, **kwargs)
+        if fmt is not None:
+            for p in self.parameters():
+                if p.ndim == 4:
+                    p.data = p.data.contiguous(memory_format=fmt)
+        return out
+
     def _quantize(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, z, t, h, w]`` latents -> ``[B, t, h, w]`` tokens."""
         e = self.quant_conv(h)
