@@ -29,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import common as C
+import torch
 
 ROOT = Path(__file__).resolve().parent
 
@@ -67,13 +66,13 @@ def worker(args: argparse.Namespace) -> None:
         from imagetok import Tokenizer
 
         tok = Tokenizer.from_pretrained(args.model_dir)
-        enc = lambda x: tok.model.encode_indices(x)  # noqa: E731
-        dec = lambda t: tok.model.decode_indices(t)  # noqa: E731
+        enc = lambda x: tok.model.encode_indices(x)
+        dec = lambda t: tok.model.decode_indices(t)
     else:
         ref = reference(args.seed)
         s = args.size
-        enc = lambda x: torch.stack(ref.encode(x, image_sizes=torch.tensor([[s, s]] * x.shape[0])).image_tokens)  # noqa: E731
-        dec = lambda t: ref.decode(t)  # noqa: E731
+        enc = lambda x: torch.stack(ref.encode(x, image_sizes=torch.tensor([[s, s]] * x.shape[0])).image_tokens)
+        dec = lambda t: ref.decode(t)
     x = torch.load(args.io / "x.pt")
     tokens = torch.load(args.io / "tokens.pt") if op == "decode" else None
     fn = (lambda: enc(x)) if op == "encode" else (lambda: dec(tokens))

@@ -185,8 +185,9 @@ def test_janus_original_sharded_bf16_checkpoint(tmp_path, kind):
     llm = {"language_model.model.embed_tokens.weight": torch.randn(8, 4).bfloat16(), "gen_head.output_mlp_projector.weight": torch.randn(4, 4)}
     names = [f"model-0000{i}-of-00003.{kind}" for i in (1, 2, 3)]
     keys = sorted(sd)
-    parts = [dict(list((k, sd[k]) for k in keys[: len(keys) // 2]) + [("gen_head.output_mlp_projector.weight", llm["gen_head.output_mlp_projector.weight"])]),
-             {k: sd[k] for k in keys[len(keys) // 2 :]}, {"language_model.model.embed_tokens.weight": llm["language_model.model.embed_tokens.weight"]}]  # fmt: skip
+    head, lm = "gen_head.output_mlp_projector.weight", "language_model.model.embed_tokens.weight"
+    half = len(keys) // 2
+    parts = [{**{k: sd[k] for k in keys[:half]}, head: llm[head]}, {k: sd[k] for k in keys[half:]}, {lm: llm[lm]}]
     folder = tmp_path / "Janus-Pro"
     folder.mkdir()
     for name, part in zip(names[:2], parts[:2]):
@@ -417,7 +418,12 @@ def test_manifest_llm_entries_and_list_shows_licences(capsys):
 
 # ------------------------------------------------------------------------------ configs and fast path
 def test_new_vqgan_fields_leave_existing_configs_unchanged():
-    from imagetok.config import VQGANConfig, config_from_dict, config_hash, config_to_dict
+    from imagetok.config import (
+        VQGANConfig,
+        config_from_dict,
+        config_hash,
+        config_to_dict,
+    )
 
     plain = config_to_dict(VQGANConfig())
     assert "norm_type" not in plain and "decoder" not in plain  # old config.json files and hashes stay the same

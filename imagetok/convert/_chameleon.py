@@ -39,7 +39,4 @@ def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle:
         cfg = read_config_file(yaml)
         notes.append(f"read {yaml.name}")
     notes.append(LICENCE_NOTE)
-    m = _taming.read(ckpt, cfg, use_ema=use_ema, trust_pickle=trust_pickle, notes=notes)
-    if m.config is not None and cfg.get("family") is None and "resolution" not in str(cfg):
-        notes.append("vqgan.yaml gives no resolution")
-    return m
+    return _taming.read(ckpt, cfg, use_ema=use_ema, trust_pickle=trust_pickle, notes=notes)

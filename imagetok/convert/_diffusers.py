@@ -5,8 +5,10 @@ Key mapping to taming names (L = number of levels): ``down_blocks.{i}.resnets.{j
 legacy ``query/key/value/proj_attn`` -> ``norm/q/k/v/proj_out``, Linear ``[C, C]`` weights ->
 1x1 conv ``[C, C, 1, 1]``), ``downsamplers.0`` -> ``downsample``, ``mid_block.resnets.{0,1}`` /
 ``attentions.0`` -> ``mid.block_{1,2}`` / ``mid.attn_1``, ``conv_norm_out`` -> ``norm_out``,
-``conv_shortcut`` -> ``nin_shortcut``, ``spatial_norm`` (MoVQ, ``norm_type="spatial"``) -> ``norm``, and ``decoder.up_blocks.{k}`` -> ``decoder.up.{L-1-k}``
-(diffusers orders decoder blocks from the lowest resolution).
+``conv_shortcut`` -> ``nin_shortcut``, and ``decoder.up_blocks.{k}`` -> ``decoder.up.{L-1-k}``
+(diffusers orders decoder blocks from the lowest resolution). ``norm_type="spatial"`` (MoVQ, as in
+Kandinsky): the attention's ``spatial_norm`` -> ``norm``; spatial norms keep their ``norm_layer`` /
+``conv_y`` / ``conv_b`` names (imagetok's :mod:`~imagetok.models.movq`).
 """
 
 from __future__ import annotations

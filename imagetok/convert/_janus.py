@@ -17,7 +17,14 @@ from typing import Any
 
 from ..errors import ConversionError
 from . import _llamagen
-from ._common import Mapped, apply_map, merge_ignored, not_this_format, vqgan_arch, vqgan_config
+from ._common import (
+    Mapped,
+    apply_map,
+    merge_ignored,
+    not_this_format,
+    vqgan_arch,
+    vqgan_config,
+)
 from ._io import read_config_file
 from ._shards import read_prefixed, upcast_note
 
