@@ -13,7 +13,7 @@ as a clip of 4 identical frames, so imagetok runs the 2-D encoder once and repea
 decodes a token grid to 4 frames and returns the first, so imagetok runs the 2-D decoder on that
 frame only.
 
-    python benchmarks/bench_emu3.py --size 512 --threads 2 [--reference] [--reps 1]
+    python benchmarks/bench_emu3.py --size 512 --threads 1 [--reference] [--reps 1]
 
 Results: printed table + JSON lines in benchmarks/results/emu3.jsonl.
 """
@@ -80,10 +80,10 @@ def worker(args: argparse.Namespace) -> None:
     base = status_mb("VmRSS")
     with torch.inference_mode():
         times = []
-        for i in range(args.reps + 1):  # the first call is a warm-up
+        for i in range(args.warmup + args.reps):
             t0 = time.perf_counter()
             out = fn()
-            if i:
+            if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
     peak = status_mb("VmHWM")
     torch.save(out, args.io / f"{impl}-{op}.pt")
@@ -97,9 +97,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones (0 for long runs)")
     p.add_argument("--reference", action="store_true", help="also time transformers' Emu3VQVAE (4x the 2-D work)")
     p.add_argument("--out", type=Path, default=C.RESULTS / "emu3.jsonl")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -125,7 +126,7 @@ def main() -> None:
     rows = []
     for w in runs:
         cmd = [sys.executable, __file__, "--worker", w, "--io", str(tmp), "--model-dir", str(tmp / "imagetok"),
-               "--size", str(args.size), "--threads", str(args.threads), "--reps", str(args.reps), "--seed", str(args.seed)]  # fmt: skip
+               "--size", str(args.size), "--threads", str(args.threads), "--reps", str(args.reps), "--seed", str(args.seed), "--warmup", str(args.warmup)]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         r.update(size=args.size, batch=args.batch, median_s=round(sorted(r["seconds"])[len(r["seconds"]) // 2], 2))

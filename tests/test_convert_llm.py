@@ -27,7 +27,12 @@ from imagetok import Tokenizer
 from imagetok.errors import ConversionError, NoDecoderError
 
 ATOL = 1e-4
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():  # references are run (and perturbed in place) without autograd
+        yield
 
 
 def pixels(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
