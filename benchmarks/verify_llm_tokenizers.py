@@ -146,12 +146,13 @@ def emu3(a: dict, seed: int, tmp: Path):
     import transformers
 
     chans = [a["ch"] * m for m in a["mult"]]
+    a["attn"] = [i for i in a["attn"] if chans[i] == chans[-1]]  # transformers' Emu3 attention is hidden_size wide
     t = random.Random(seed).choice([2, 4])
     z = random.Random(seed + 1).choice([4, 8])
     torch.manual_seed(seed)
     ref = transformers.Emu3VQVAE(transformers.Emu3VQVAEConfig(
         base_channels=a["ch"], channel_multiplier=a["mult"], num_res_blocks=a["blocks"], hidden_size=chans[-1],
-        attn_resolutions=[i for i in a["attn"] if chans[i] == chans[-1]], latent_channels=z, embed_dim=z,
+        attn_resolutions=a["attn"], latent_channels=z, embed_dim=z,
         codebook_size=a["codes"], temporal_downsample_factor=t)).eval()  # fmt: skip
     perturb(ref, seed)
     clip = images(4, 32, 32, seed).unsqueeze(1).repeat(1, t, 1, 1, 1)
