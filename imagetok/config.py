@@ -52,6 +52,12 @@ class VQGANConfig:
     quantizer: str = "vq"  # "vq": nearest code; "gumbel": argmax of quantize.proj (taming GumbelVQ); "ibq": argmax of z.e (SEED-Voken IBQ)
     codebook_norm: str = "none"  # "none" or "l2" (LlamaGen: codes and latents l2-normalised)
     input_range: tuple[float, float] = (-1.0, 1.0)  # pixel range the network expects
+    # "group": GroupNorm decoder (taming); "spatial": MoVQ decoder, every norm is a SpatialNorm
+    # conditioned on the quantized codes (Kandinsky's MoVQ, diffusers' VQModel(norm_type="spatial")).
+    norm_type: str = "group"
+    decoder: bool = True  # False: encoder-only (Hugging Face's Chameleon conversion drops the decoder)
+    # Fields left out of config.json (and config_hash) at their default, so existing configs keep their bytes.
+    _omit_if_default: ClassVar[tuple[str, ...]] = ("norm_type", "decoder")
 
     @property
     def downsample_factors(self) -> tuple[int, ...]:
@@ -63,6 +69,10 @@ class VQGANConfig:
 
     def _check(self) -> None:
         _positive(self, "ch", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "resolution")
+        if self.norm_type not in ("group", "spatial"):
+            raise ConfigError(f"norm_type must be 'group' or 'spatial' (MoVQ decoder), got {self.norm_type!r}")
+        if self.norm_type == "spatial" and self.quantizer != "vq":
+            raise ConfigError("norm_type='spatial' (MoVQ) is only defined for quantizer='vq'")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ConfigError(f"ch_mult must be a non-empty list of positive ints, got {list(self.ch_mult)}")
         _at_most(self, ch=("MAX_CHANNELS", MAX_CHANNELS), z_channels=("MAX_CHANNELS", MAX_CHANNELS),
@@ -149,8 +159,58 @@ class VQVAE2Config:
         _vqvae_common(self)
 
 
-Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config]
-FAMILIES: dict[str, type] = {c.family: c for c in (VQGANConfig, VQVAEConfig, VQVAE2Config)}
+@dataclass(frozen=True)
+class Emu3Config:
+    """Emu3's VisionTokenizer (BAAI ``Emu3VisionVQModel``, transformers ``Emu3VQVAE``): a MoVQ (spatial
+    norm decoder) over a taming 2-D trunk, with causal Conv3d temporal layers. Field names are Emu3's.
+
+    An image is repeated over ``temporal_downsample_factor`` frames (Emu3's ``encode``), which the
+    temporal layers reduce to one token grid; decoding returns the first of the frames it makes.
+    """
+
+    family: ClassVar[str] = "emu3"
+    ch: int = 256
+    ch_mult: tuple[int, ...] = (1, 2, 2, 4)  # f = 2 ** (len - 1)
+    num_res_blocks: int = 2  # also the number of temporal res blocks in encoder and decoder
+    attn_resolutions: tuple[int, ...] = (3,)  # Emu3's meaning: level *indices* with attention (not sizes)
+    z_channels: int = 4
+    embed_dim: int = 4  # code dimension; must equal z_channels (the decoder stacks codes and latents)
+    codebook_size: int = 32768
+    temporal_downsample_factor: int = 4  # frames per token grid (a power of 2)
+    in_channels: int = 3
+    out_channels: int = 3
+    resolution: int = 512  # default image size (Emu3's processor: min_pixels 512 * 512)
+    dropout: float = 0.0
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def downsample_factors(self) -> tuple[int, ...]:
+        return (2 ** (len(self.ch_mult) - 1),)
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        return (self.codebook_size,)
+
+    def _check(self) -> None:
+        _positive(self, "ch", "num_res_blocks", "z_channels", "embed_dim", "codebook_size", "resolution",
+                  "temporal_downsample_factor")  # fmt: skip
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult) or any((self.ch * m) % 32 for m in (1, *self.ch_mult)):
+            raise ConfigError(f"ch * ch_mult must be positive multiples of 32 (GroupNorm), got ch={self.ch}, ch_mult={list(self.ch_mult)}")
+        if any(not 0 <= i < len(self.ch_mult) for i in self.attn_resolutions):
+            raise ConfigError(f"attn_resolutions are level indices in [0, {len(self.ch_mult)}), got {list(self.attn_resolutions)}")
+        t = self.temporal_downsample_factor
+        if t & (t - 1):
+            raise ConfigError(f"temporal_downsample_factor must be a power of 2, got {t}")
+        if self.embed_dim != self.z_channels:
+            raise ConfigError(f"embed_dim ({self.embed_dim}) must equal z_channels ({self.z_channels}) in Emu3's decoder")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.in_channels != 3 or self.out_channels != 3:
+            raise ConfigError(f"in_channels and out_channels must be 3 (RGB), got {self.in_channels} and {self.out_channels}")
+
+
+Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Emu3Config]
+FAMILIES: dict[str, type] = {c.family: c for c in (VQGANConfig, VQVAEConfig, VQVAE2Config, Emu3Config)}
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -274,6 +334,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"family": cfg.family, "format_version": FORMAT_VERSION}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
+        if f.name in getattr(cfg, "_omit_if_default", ()) and v == f.default:
+            continue
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 

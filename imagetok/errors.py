@@ -38,3 +38,7 @@ class ConversionError(ImagetokError, ValueError):
 
 class HubError(ImagetokError, OSError):
     """The Hugging Face Hub could not be reached or refused a request."""
+
+
+class NoDecoderError(ImagetokError, NotImplementedError):
+    """The model has no decoder (an encoder-only conversion), so tokens cannot become images."""

@@ -332,3 +332,358 @@ def extend_hf_tokenizer(
             "does the tokenizer already contain some of these strings? pass another code_format"
         )
     return bridge
+
+
+# ============================================================================ named LLM layouts
+# How today's multimodal LLMs place one image's token grid in their id sequence. Each layout is a
+# rule taken from the model's own code (cited per class); ``get_layout(name, hf_tokenizer)`` builds
+# one, ``Tokenizer.flatten(tokens, layout=name)`` applies it.
+
+_IMG_PREFIX = "IMGIMG"
+
+
+def _vocab(hf_tokenizer: Any, name: str) -> dict[str, int]:
+    if hf_tokenizer is None:
+        raise InputError(
+            f"layout {name!r} needs the LLM's text tokenizer (its vocabulary holds the image tokens): pass "
+            f"hf_tokenizer= a transformers tokenizer of that model, e.g. AutoTokenizer.from_pretrained(...)"
+        )
+    try:
+        vocab = dict(hf_tokenizer.get_vocab())
+    except AttributeError:
+        raise InputError(f"hf_tokenizer must be a transformers tokenizer (with get_vocab()), got {type(hf_tokenizer).__name__}") from None
+    return vocab
+
+
+def _need(vocab: dict[str, int], token: str, layout: str) -> int:
+    if token not in vocab:
+        raise InputError(f"layout {layout!r}: the text tokenizer has no {token!r} token; is it the right model's tokenizer?")
+    return int(vocab[token])
+
+
+def _grid_batch(grid: Any, codebook_size: int, name: str) -> tuple[torch.Tensor, bool]:
+    t = _as_long(grid, "tokens")
+    if t.ndim not in (2, 3) or t.numel() == 0:
+        raise InputError(f"layout {name!r} takes one token grid [h, w] or a batch [B, h, w], got shape {tuple(t.shape)}")
+    if int(t.min()) < 0 or int(t.max()) >= codebook_size:
+        raise InputError(f"token ids must lie in [0, {codebook_size}) for layout {name!r}, got min {int(t.min())}, max {int(t.max())}")
+    return (t, True) if t.ndim == 3 else (t[None], False)
+
+
+class Layout:
+    """One LLM's image-id layout: ``to_ids(grid)`` and its inverse ``from_ids(ids)``.
+
+    Attributes:
+        name: the layout's name (see :data:`LAYOUTS`).
+        codebook_size: image codes it maps (``[0, codebook_size)``).
+        source: where the rule comes from.
+    """
+
+    name = ""
+    source = ""
+
+    def __init__(self, codebook_size: int):
+        self.codebook_size = int(codebook_size)
+
+    def to_ids(self, grid: Any) -> torch.Tensor:
+        """int token grid ``[h, w]`` (or ``[B, h, w]``) -> int64 ids ``[N]`` (or ``[B, N]``)."""
+        t, is_batch = _grid_batch(grid, self.codebook_size, self.name)
+        out = torch.stack([self._one(g) for g in t])
+        return out if is_batch else out[0]
+
+    def from_ids(self, ids: Any, grid: Sequence[int] | None = None) -> torch.Tensor:
+        """int64 ids ``[N]`` (or ``[B, N]``) made by :meth:`to_ids` -> token grid ``[h, w]`` (``[B, h, w]``).
+
+        Args:
+            grid: ``(h, w)``, needed only by layouts whose ids do not tell the shape (default: square).
+        """
+        seq = _as_long(ids, "ids")
+        if seq.ndim == 2:
+            return torch.stack([self.from_ids(s, grid) for s in seq])
+        if seq.ndim != 1:
+            raise InputError(f"ids must be [N] or [B, N], got shape {tuple(seq.shape)}")
+        return self._back(seq, grid)
+
+    def _one(self, g: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _back(self, seq: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, codebook_size={self.codebook_size})"
+
+
+def _square(n: int, grid: Sequence[int] | None, name: str) -> tuple[int, int]:
+    if grid is not None:
+        h, w = (int(v) for v in grid)
+        if h * w != n:
+            raise InputError(f"layout {name!r}: {n} image ids do not fill grid {h}x{w}")
+        return h, w
+    side = math.isqrt(n)
+    if side * side != n:
+        raise InputError(f"layout {name!r}: cannot tell the grid of {n} image ids (not square): pass grid=(h, w)")
+    return side, side
+
+
+class OffsetLayout(Layout):
+    """``[boi] offset + c(0,0) ... offset + c(h-1,w-1) [eoi]``, raster order, no end-of-row ids."""
+
+    def __init__(self, codebook_size: int, offset: int, boi: int | None, eoi: int | None):
+        super().__init__(codebook_size)
+        self.bridge = LLMBridge([codebook_size], offset=offset, boi=False if boi is None else boi, eoi=False if eoi is None else eoi)
+        self.offset, self.boi_id, self.eoi_id = offset, boi, eoi
+
+    def _one(self, g: torch.Tensor) -> torch.Tensor:
+        return self.bridge.to_llm(g)
+
+    def _back(self, seq: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
+        for marker, at in ((self.boi_id, 0), (self.eoi_id, -1)):
+            if marker is not None and (seq.numel() == 0 or int(seq[at]) != marker):
+                raise InputError(f"layout {self.name!r}: expected id {marker} at position {at}, got {seq[at:].tolist()[:1] if seq.numel() else 'nothing'}")
+        n = seq.numel() - (self.boi_id is not None) - (self.eoi_id is not None)
+        return self.bridge.from_llm(seq, grid=_square(n, grid, self.name))
+
+
+class JanusLayout(OffsetLayout):
+    """Janus / Janus-Pro: image ids index a *separate* generation vocabulary (``gen_embed`` / ``gen_head``,
+    16384 rows), so codes are used as they are: no offset, no markers in the image part. The prompt
+    that precedes them ends with the text token ``<begin_of_image>``.
+
+    Source: deepseek-ai/Janus ``janus/models/modeling_vlm.py`` (``gen_embed = nn.Embedding(image_token_size, ...)``),
+    ``generation_inference.py`` (``prompt = sft_format + image_start_tag``; 576 generated ids, 24 x 24).
+    """
+
+    name = "janus"
+    source = "deepseek-ai/Janus janus/models/modeling_vlm.py, generation_inference.py"
+
+    def __init__(self, codebook_size: int = 16384):
+        super().__init__(codebook_size, 0, None, None)
+
+
+class ShowOLayout(OffsetLayout):
+    """Show-o / MMaDA: ``<|soi|>  code + len(text_tokenizer) ...  <|eoi|>`` (raster, no end-of-row).
+
+    ``len(text_tokenizer)`` counts the special tokens Show-o adds (``<|soi|>``, ``<|eoi|>``, ``<|t2i|>``...),
+    so pass the tokenizer *after* they were added (as Show-o's ``UniversalPrompting`` does).
+    Source: showlab/Show-o ``inference_mmu.py`` (``vq_model.get_code(image) + len(uni_prompting.text_tokenizer)``),
+    ``training/prompting_utils.py`` (``[task] [sot] text [eot] [soi] image [eoi]``).
+    """
+
+    name = "show-o"
+    source = "showlab/Show-o inference_mmu.py L96, training/prompting_utils.py"
+    markers = ("<|soi|>", "<|eoi|>")
+
+    def __init__(self, codebook_size: int = 8192, hf_tokenizer: Any = None):
+        vocab = _vocab(hf_tokenizer, self.name)
+        boi, eoi = (_need(vocab, t, self.name) for t in self.markers)
+        super().__init__(codebook_size, len(hf_tokenizer), boi, eoi)
+
+
+class LiquidLayout(ShowOLayout):
+    """Liquid: the 8192 Chameleon-VQGAN codes are new rows after the LLM's vocabulary
+    (``resize_token_embeddings(ori_vocab + 8192)``): ``<boi>  code + len(tokenizer) ...  <eoi>``.
+
+    Source: FoundationVision/Liquid ``liquid/train/train.py`` (``vqcode + len(self.tokenizer)`` placed between
+    ``<boi>`` and ``<eoi>``), ``liquid/expand_vocabulary.py``, ``evaluation/T2I_Eval/mjhq_generation.py``.
+    """
+
+    name = "liquid"
+    source = "FoundationVision/Liquid liquid/train/train.py, liquid/expand_vocabulary.py"
+    markers = ("<boi>", "<eoi>")
+
+
+def _chameleon_table(vocab: dict[str, int], codebook_size: int, name: str) -> torch.Tensor:
+    """code -> BPE id from the vocabulary's ``IMGIMG...`` tokens (digits written as letters A-J, one
+    trailing character), as ``chameleon/inference/vocab.py`` ``VocabTranslation.bpe2img`` reads them."""
+    letters = {chr(ord("A") + i): str(i) for i in range(10)}
+    table = torch.full((codebook_size,), -1, dtype=torch.long)
+    for tok, i in vocab.items():
+        if tok.startswith(_IMG_PREFIX):
+            digits = "".join(letters.get(ch, ch) for ch in tok[len(_IMG_PREFIX) : -1])
+            if digits.isdigit() and int(digits) < codebook_size:
+                table[int(digits)] = int(i)
+    missing = (table < 0).nonzero().flatten()
+    if missing.numel():
+        raise InputError(
+            f"layout {name!r}: the text tokenizer has no {_IMG_PREFIX}... token for {missing.numel()} of {codebook_size} "
+            f"image codes (e.g. code {int(missing[0])}); is it Chameleon's / Anole's / Lumina-mGPT's tokenizer?"
+        )
+    return table
+
+
+class _TableLayout(Layout):
+    def __init__(self, codebook_size: int, hf_tokenizer: Any):
+        super().__init__(codebook_size)
+        vocab = _vocab(hf_tokenizer, self.name)
+        self.table = _chameleon_table(vocab, codebook_size, self.name)
+        self.boi_id, self.eoi_id = _need(vocab, "<racm3:break>", self.name), _need(vocab, "<eoss>", self.name)
+        order = torch.argsort(self.table)
+        self._sorted_ids, self._sorted_codes = self.table[order], order
+        self.vocab = vocab
+
+    def _codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """BPE ids -> codes (InputError for ids that are not image tokens)."""
+        pos = torch.searchsorted(self._sorted_ids, ids).clamp(max=self.codebook_size - 1)
+        bad = self._sorted_ids[pos] != ids
+        if bool(bad.any()):
+            raise InputError(f"layout {self.name!r}: ids {ids[bad][:5].tolist()} are not image tokens")
+        return self._sorted_codes[pos]
+
+    def _strip(self, seq: torch.Tensor) -> torch.Tensor:
+        if seq.numel() < 2 or int(seq[0]) != self.boi_id or int(seq[-1]) != self.eoi_id:
+            raise InputError(f"layout {self.name!r}: ids must start with <racm3:break> ({self.boi_id}) and end with <eoss> ({self.eoi_id})")
+        return seq[1:-1]
+
+
+class ChameleonLayout(_TableLayout):
+    """Chameleon / Anole: ``<racm3:break>  table[c(0,0)] ... table[c(h-1,w-1)]  <eoss>``, where ``table``
+    maps each of the 8192 codes to its BPE token ``IMGIMG<code, digits as letters A-J><one char>``
+    (a lookup table, not an offset). Raster order, no end-of-row ids (Chameleon: 32 x 32 at 512 px).
+
+    Source: facebookresearch/chameleon ``chameleon/inference/vocab.py`` (``begin_image = <racm3:break>``,
+    ``end_image = <eoss>``, ``VocabTranslation.bpe2img`` / ``img2bpe``), ``chameleon/inference/chameleon.py``.
+    """
+
+    name = "chameleon"
+    source = "facebookresearch/chameleon chameleon/inference/vocab.py, chameleon/inference/chameleon.py"
+
+    def _one(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.tensor([self.boi_id]), self.table[g.flatten()], torch.tensor([self.eoi_id])])
+
+    def _back(self, seq: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
+        body = self._strip(seq)
+        h, w = _square(body.numel(), grid, self.name)
+        return self._codes(body).view(h, w)
+
+
+class LuminaMGPTLayout(_TableLayout):
+    """Lumina-mGPT: Chameleon's table plus the grid size and a newline after every row::
+
+        <racm3:break> <reserved{8800 + h/2}> <reserved{8800 + w/2}>  (row + <reserved08799>) x h  <eoss>
+
+    The size tokens count 32-px patches (2 tokens each), so ``h`` and ``w`` must be even.
+    Source: Alpha-VLLM/Lumina-mGPT ``lumina_mgpt/data/item_processor.py`` (``process_image``,
+    ``get_n_grids_token``, ``new_line_token = "<reserved08799>"``, ``patch_size = 32``, ``decode_image``).
+    """
+
+    name = "lumina-mgpt"
+    source = "Alpha-VLLM/Lumina-mGPT lumina_mgpt/data/item_processor.py"
+    newline = "<reserved08799>"
+
+    def __init__(self, codebook_size: int, hf_tokenizer: Any):
+        super().__init__(codebook_size, hf_tokenizer)
+        self.newline_id = _need(self.vocab, self.newline, self.name)
+        self._size_of = {int(i): int(t[len("<reserved") : -1]) - 8800 for t, i in self.vocab.items()
+                         if t.startswith("<reserved") and t.endswith(">") and t[9:-1].isdigit() and int(t[9:-1]) > 8800}  # fmt: skip
+
+    @staticmethod
+    def grid_token(n_patches: int) -> str:
+        return f"<reserved{8800 + n_patches:05d}>"
+
+    def _one(self, g: torch.Tensor) -> torch.Tensor:
+        h, w = g.shape
+        if h % 2 or w % 2:
+            raise InputError(f"layout 'lumina-mgpt' needs an even token grid (its size tokens count 32-px patches), got {h}x{w}")
+        rows = torch.cat([self.table[g], torch.full((h, 1), self.newline_id)], 1).flatten()
+        head = [self.boi_id, _need(self.vocab, self.grid_token(h // 2), self.name), _need(self.vocab, self.grid_token(w // 2), self.name)]
+        return torch.cat([torch.tensor(head), rows, torch.tensor([self.eoi_id])])
+
+    def _back(self, seq: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
+        body = self._strip(seq)
+        if body.numel() < 2 or int(body[0]) not in self._size_of or int(body[1]) not in self._size_of:
+            raise InputError("layout 'lumina-mgpt': expected two grid-size tokens <reserved08801>... after <racm3:break>")
+        h, w = 2 * self._size_of[int(body[0])], 2 * self._size_of[int(body[1])]
+        rows = body[2:]
+        if rows.numel() != h * (w + 1) or bool((rows.view(h, w + 1)[:, -1] != self.newline_id).any()):
+            raise InputError(f"layout 'lumina-mgpt': expected {h} rows of {w} ids each followed by <reserved08799>")
+        return self._codes(rows.view(h, w + 1)[:, :-1].flatten()).view(h, w)
+
+
+class Emu3Layout(Layout):
+    """Emu3: visual tokens are the text tokens ``<|visual token NNNNNN|>`` (special tokens, one id each)::
+
+        <|image start|> "{h}*{w}" <|image token|>  (row + <|extra_200|>) x h  <|extra_201|> <|image end|>
+
+    ``"{h}*{w}"`` is ordinary text, tokenized by the given tokenizer; ``<|extra_200|>`` ends every row
+    (the last too), ``<|extra_201|>`` ends the frame. Source: baaivision/Emu3 ``emu3/mllm/processing_emu3.py``
+    (``prefix_template "{H}*{W}"``, ``visual_template``, ``to_imgstr``, the understanding prompt) and
+    ``emu3/mllm/tokenization_emu3.py`` (``boi/img/eol/eof/eoi`` token names); token count confirmed by the
+    maintainers in baaivision/Emu3#73.
+    """
+
+    name = "emu3"
+    source = "baaivision/Emu3 emu3/mllm/processing_emu3.py L160-175, emu3/mllm/tokenization_emu3.py L65-72"
+    specials = ("<|image start|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>", "<|image end|>")
+
+    def __init__(self, codebook_size: int, hf_tokenizer: Any):
+        super().__init__(codebook_size)
+        vocab = _vocab(hf_tokenizer, self.name)
+        self.hf_tokenizer = hf_tokenizer
+        self.boi_id, self.img_id, self.eol_id, self.eof_id, self.eoi_id = (_need(vocab, t, self.name) for t in self.specials)
+        table = torch.full((codebook_size,), -1, dtype=torch.long)
+        for i in range(codebook_size):
+            tid = vocab.get(f"<|visual token {i:06d}|>")
+            if tid is None:
+                raise InputError(f"layout 'emu3': the text tokenizer has no '<|visual token {i:06d}|>' (need {codebook_size} visual tokens)")
+            table[i] = int(tid)
+        self.table = table
+        self._inverse = {int(t): i for i, t in enumerate(table.tolist())}
+
+    def _prefix(self, h: int, w: int) -> list[int]:
+        return list(self.hf_tokenizer.encode(f"{h}*{w}", add_special_tokens=False))
+
+    def _one(self, g: torch.Tensor) -> torch.Tensor:
+        h, w = g.shape
+        rows = torch.cat([self.table[g], torch.full((h, 1), self.eol_id)], 1).flatten()
+        head = torch.tensor([self.boi_id, *self._prefix(h, w), self.img_id])
+        return torch.cat([head, rows, torch.tensor([self.eof_id, self.eoi_id])])
+
+    def _back(self, seq: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
+        s = seq.tolist()
+        if len(s) < 4 or s[0] != self.boi_id or s[-2:] != [self.eof_id, self.eoi_id] or self.img_id not in s:
+            raise InputError("layout 'emu3': ids must be <|image start|> H*W <|image token|> rows <|extra_201|> <|image end|>")
+        k = s.index(self.img_id)
+        text = "".join(str(self.hf_tokenizer.decode(s[1:k])).split())
+        hw = text.split("*")
+        if len(hw) != 2 or not all(v.isdigit() for v in hw):
+            raise InputError(f"layout 'emu3': expected an 'H*W' prefix, got {text!r}")
+        h, w = int(hw[0]), int(hw[1])
+        body = torch.tensor(s[k + 1 : -2], dtype=torch.long)
+        if body.numel() != h * (w + 1) or bool((body.view(h, w + 1)[:, -1] != self.eol_id).any()):
+            raise InputError(f"layout 'emu3': expected {h} rows of {w} visual tokens each followed by <|extra_200|>")
+        try:
+            return torch.tensor([self._inverse[int(t)] for t in body.view(h, w + 1)[:, :-1].flatten()]).view(h, w)
+        except KeyError as e:
+            raise InputError(f"layout 'emu3': id {e.args[0]} is not a visual token") from None
+
+
+LAYOUTS: dict[str, type[Layout]] = {
+    c.name: c for c in (ChameleonLayout, LuminaMGPTLayout, Emu3Layout, JanusLayout, ShowOLayout, LiquidLayout)
+}
+"""Layout name -> class. Defaults: ``codebook_size`` of the tokenizer each LLM uses."""
+_DEFAULT_CODES = {"chameleon": 8192, "lumina-mgpt": 8192, "emu3": 32768, "janus": 16384, "show-o": 8192, "liquid": 8192}
+
+
+def get_layout(name: str, hf_tokenizer: Any = None, *, codebook_size: int | None = None) -> Layout:
+    """The named LLM layout, ready to map token grids to LLM ids (``to_ids``) and back (``from_ids``).
+
+    Args:
+        name: one of :data:`LAYOUTS`: ``chameleon``, ``lumina-mgpt``, ``emu3``, ``janus``, ``show-o``, ``liquid``.
+        hf_tokenizer: the LLM's transformers text tokenizer; needed by every layout but ``janus``
+            (its vocabulary holds the image tokens, markers, or sets the offset).
+        codebook_size: image codes to map (default: the size of the tokenizer that LLM uses).
+
+    Raises:
+        InputError: unknown name, missing or unsuitable text tokenizer.
+    """
+    if name not in LAYOUTS:
+        raise InputError(f"unknown layout {name!r}; choose one of {sorted(LAYOUTS)}")
+    k = int(codebook_size if codebook_size is not None else _DEFAULT_CODES[name])
+    if k < 1:
+        raise InputError(f"codebook_size must be >= 1, got {k}")
+    if name == "janus":
+        return JanusLayout(k)
+    if name in ("show-o", "liquid"):
+        return LAYOUTS[name](k, hf_tokenizer=hf_tokenizer)  # type: ignore[call-arg]
+    return LAYOUTS[name](k, hf_tokenizer)  # type: ignore[call-arg]

@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 SOURCE_KINDS = ("hub", "url", "bundled")  # hub: Hugging Face repo; url: manual download; bundled: in the wheel
 CONVERTERS = ("taming", "diffusers", "llamagen", "rosinality")  # imagetok.convert FORMATS (taming covers LDM)
 CONVERTERS += ("open-magvit2", "ibq", "cosmos", "showo")
+CONVERTERS += ("transformers", "janus", "chameleon")  # LLM tokenizers (Emu3, Janus, Chameleon)
 RESIZE_MODES = ("shorter_side", "none")
 CROP_MODES = ("center", "none")
 INTERPOLATIONS = ("bilinear", "bicubic", "lanczos", "box-then-bicubic", None)
@@ -106,6 +107,12 @@ class WeightSource:
 class License:
     code: str | None  # licence of the reference code (SPDX id)
     weights: str | None  # licence of the weights; "unknown" when upstream does not state one
+    non_commercial: bool = False  # the weights' licence forbids commercial use
+    gated: bool = False  # upstream gates the download (accept terms / request access); never re-host
+
+    def markers(self) -> str:
+        """``"non-commercial, gated"``-style flags (empty when none apply)."""
+        return ", ".join(m for m, on in (("non-commercial", self.non_commercial), ("gated", self.gated)) if on)
 
 
 @dataclass(frozen=True)
@@ -285,8 +292,10 @@ def parse_entry(raw: Any, where: str = "entry") -> ManifestEntry:
         )
 
     source = _parse_source(d["source"], f"{where}: source")
-    lic = _obj(d["license"], f"{where}: license", required=("code", "weights"))
-    license_ = License(code=_opt_str(lic["code"], f"{where}: license.code"), weights=_opt_str(lic["weights"], f"{where}: license.weights"))
+    lic = _obj(d["license"], f"{where}: license", required=("code", "weights"), optional=("non_commercial", "gated"))
+    license_ = License(code=_opt_str(lic["code"], f"{where}: license.code"), weights=_opt_str(lic["weights"], f"{where}: license.weights"),
+                       non_commercial=_bool(lic.get("non_commercial", False), f"{where}: license.non_commercial"),
+                       gated=_bool(lic.get("gated", False), f"{where}: license.gated"))  # fmt: skip
     metrics = tuple(_parse_metric(x, f"{where}: metrics[{i}]") for i, x in enumerate(_list(d.get("metrics", []), f"{where}: metrics")))
     datasets = tuple(_str(x, f"{where}: datasets") for x in _list(d.get("datasets", []), f"{where}: datasets"))
     num_params = _int(d["num_params"], f"{where}: num_params")
@@ -502,7 +511,8 @@ def markdown_table(entries: list[ManifestEntry] | None = None) -> str:
         vocab = " + ".join(str(v) for v in e.tokens.vocab_sizes)
         rows.append(
             f"| `{e.name}` | {e.family} | {grids} @ {e.preprocess.size} | {vocab} | {e.num_params / 1e6:.1f} M "
-            f"| {_headline(e)} | {_where(e.source)} | {e.license.code or '?'} / {e.license.weights or '?'} |"
+            f"| {_headline(e)} | {_where(e.source)} | {e.license.code or '?'} / {e.license.weights or '?'}"
+            + (f" ({e.license.markers()})" if e.license.markers() else "") + " |"
         )
     return "\n".join(rows) + "\n"
 

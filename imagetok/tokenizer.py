@@ -525,16 +525,27 @@ class Tokenizer:
         return usage_from_images(self, images, size=size, batch_size=batch_size, progress=progress, top=top)
 
     # ------------------------------------------------------------------------ LLM sequences
-    def flatten(self, tokens: Tokens) -> torch.Tensor:
+    def flatten(self, tokens: Tokens, layout: str | None = None, hf_tokenizer: Any = None) -> torch.Tensor:
         """Token grids -> one flat id sequence per image, for language models.
 
         Levels are concatenated coarse to fine in raster order; level ``i``'s ids are offset by the
         sizes of the codebooks before it, so ids lie in ``[0, vocab_size)``.
 
+        Args:
+            layout: an LLM's own layout instead (``"chameleon"``, ``"lumina-mgpt"``, ``"emu3"``, ``"janus"``,
+                ``"show-o"``, ``"liquid"``; see :func:`imagetok.llm.get_layout`), with ``hf_tokenizer`` that
+                LLM's transformers text tokenizer; ``get_layout(...).from_ids`` inverts it.
+
         Returns:
             int64 ``[N]`` for one image or ``[B, N]`` for a batch.
         """
         levels, is_batch = self.check_tokens(tokens)
+        if layout is not None:
+            from .llm import get_layout
+
+            if len(levels) != 1:
+                raise InputError(f"LLM layouts take one token grid per image; this {self.config.family} model has {len(levels)} levels")
+            return get_layout(layout, hf_tokenizer, codebook_size=self.codebook_sizes[0]).to_ids(levels[0] if is_batch else levels[0][0])
         offset, parts = 0, []
         for t, k in zip(levels, self.codebook_sizes):
             parts.append(t.flatten(1) + offset)

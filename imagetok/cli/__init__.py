@@ -362,8 +362,9 @@ def _convert_parser(sub) -> None:
                        description="Convert a taming/LDM .ckpt, diffusers VQModel folder, LlamaGen .pt or rosinality "
                        "VQ-VAE-2 .pt into an imagetok folder (config.json, model.safetensors, README.md). Files are "
                        "read without unpickling code; the model card lists what was assumed.")
-    p.add_argument("src", type=Path, help="checkpoint file, or a diffusers folder")
-    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality", "open-magvit2", "ibq", "cosmos", "showo"])
+    p.add_argument("src", type=Path, help="checkpoint file, or a diffusers / transformers / Janus / Chameleon folder")
+    p.add_argument("--from", dest="from_format", required=True, choices=["taming", "diffusers", "llamagen", "rosinality", "open-magvit2",
+                                                                         "ibq", "cosmos", "showo", "transformers", "janus", "chameleon"])
     p.add_argument("--config", type=Path, default=None,
                    help="the original's config (.json/.yaml): taming model.yaml, diffusers config.json, "
                    "LlamaGen ModelArgs, rosinality kwargs (default: read from tensor shapes)")
@@ -389,7 +390,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(registry.markdown_table(entries), end="")
     else:
-        rows = [("name", "tokens @ px", "vocab", "params", "weights")]
+        rows = [("name", "tokens @ px", "vocab", "params", "weights", "licence (weights)")]
         for e in entries:
             rows.append((
                 e.name,
@@ -397,6 +398,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 " + ".join(map(str, e.tokens.vocab_sizes)),
                 f"{e.num_params / 1e6:.1f}M",
                 {"hub": e.source.repo_id, "url": "manual download"}.get(e.source.kind, e.source.kind),
+                (e.license.weights or "?") + (f" ({e.license.markers()})" if e.license.markers() else ""),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:

@@ -17,6 +17,10 @@ Sources (``from_format``):
 - ``"cosmos"``: Cosmos-Tokenizer discrete image models: state dicts or the ``.jit`` files, read
   without running TorchScript (``cosmos`` family).
 - ``"showo"``: Show-o's MAGVIT-v2 (``showlab/magvitv2``) state dicts (``showo`` family).
+- ``"transformers"``: a transformers ``Emu3VQVAE`` / ``JanusVQVAE`` / ``ChameleonVQVAE`` folder (or a whole
+  Emu3 / Janus / Chameleon model folder); ``config.json``'s ``model_type`` decides.
+- ``"janus"``: DeepSeek's Janus / Janus-Pro folder or shard (``gen_vision_model.*``, bf16 upcast).
+- ``"chameleon"``: Chameleon's ``tokenizer/vqgan.ckpt`` + ``vqgan.yaml`` (Anole, Lumina-mGPT, Liquid).
 
 Guarantees: every source tensor is either mapped to an imagetok parameter or dropped under a named
 reason (:attr:`Conversion.ignored`), otherwise :class:`~imagetok.errors.ConversionError` lists the
@@ -44,7 +48,7 @@ from ..errors import ConversionError, WeightsError
 from ..models import build_model
 from ..serialization import build_on_meta, check_shapes, save_folder
 from . import _diffusers, _llamagen, _rosinality, _taming
-from . import _cosmos, _ibq, _open_magvit2, _showo
+from . import _chameleon, _cosmos, _ibq, _janus, _open_magvit2, _showo, _transformers
 from ._common import param_names
 from ._io import SAFE_GLOBALS, ConfigArg, config_dict, read_checkpoint, read_config_file
 
@@ -54,6 +58,8 @@ logger = logging.getLogger("imagetok.convert")
 
 _READERS = {"taming": _taming.read, "diffusers": _diffusers.read, "llamagen": _llamagen.read, "rosinality": _rosinality.read}
 _READERS.update({"open-magvit2": _open_magvit2.read, "ibq": _ibq.read, "cosmos": _cosmos.read, "showo": _showo.read})
+_READERS.update({"transformers": _transformers.read, "janus": _janus.read, "chameleon": _chameleon.read})
+_FOLDERS = ("diffusers", "transformers", "janus", "chameleon")  # formats that accept a folder
 FORMATS = tuple(_READERS)
 
 
@@ -109,10 +115,10 @@ def load_original(
     path = Path(src)
     if not path.exists():
         raise ConversionError(f"{path}: not found")
-    if path.is_dir() and from_format != "diffusers":
+    if path.is_dir() and from_format not in _FOLDERS:
         hint = " (it has a config.json: a diffusers folder? try from_format='diffusers')" if (path / "config.json").is_file() else ""
         raise ConversionError(f"{path} is a folder, but {from_format} checkpoints are single files{hint}")
-    if use_ema and from_format in ("diffusers", "rosinality"):
+    if use_ema and from_format in ("diffusers", "rosinality", "transformers", "janus"):
         raise ConversionError(f"use_ema: {from_format} checkpoints hold one set of weights (no EMA copy to choose)")
     notes: list[str] = []
     cfg = config_dict(config)

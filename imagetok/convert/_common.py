@@ -133,7 +133,8 @@ def imagetok_fields(cfg: dict[str, Any], family: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- VQGAN architecture
-ARCH_FIELDS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "mid_attn", "quantizer")
+ARCH_FIELDS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "mid_attn", "quantizer",
+               "norm_type", "decoder")  # fmt: skip
 
 
 def _indices(sd: Mapping[str, Any], pattern: str) -> list[int]:
@@ -172,9 +173,13 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
     blocks = _indices(sd, r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight$")
     ev["num_res_blocks"] = f"encoder.down.0 has {len(blocks)} res block(s)"
     dec_levels = _indices(sd, r"decoder\.up\.(\d+)\.block\.")
+    has_decoder = any(k.startswith("decoder.") for k in sd)
+    ev["decoder"] = f"decoder.* is {'present' if has_decoder else 'absent (an encoder-only checkpoint)'}"
+    if not has_decoder:
+        dec_levels = levels  # encoder-only: nothing to compare
     if dec_levels != levels:
         raise ConversionError(f"the encoder has levels {levels} but the decoder has levels {dec_levels}")
-    for i in range(n):
+    for i in range(n if has_decoder else 0):
         dec_blocks = _indices(sd, rf"decoder\.up\.{i}\.block\.(\d+)\.conv1\.weight$")
         if len(dec_blocks) != len(blocks) + 1:
             raise ConversionError(
@@ -188,7 +193,7 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
                 f"{ch_mult}, which imagetok's VQGAN does not support"
             )
     enc_attn = _indices(sd, r"encoder\.down\.(\d+)\.attn\.")
-    dec_attn = _indices(sd, r"decoder\.up\.(\d+)\.attn\.")
+    dec_attn = _indices(sd, r"decoder\.up\.(\d+)\.attn\.") if has_decoder else enc_attn
     if enc_attn != dec_attn:
         raise ConversionError(
             f"attention at encoder levels {enc_attn} but decoder levels {dec_attn}: imagetok's VQGAN puts attention "
@@ -196,15 +201,22 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
         )
     ev["attn_levels"] = f"the checkpoint has attention blocks at levels {enc_attn}"
     mid_attn = "encoder.mid.attn_1.q.weight" in sd
-    if mid_attn != ("decoder.mid.attn_1.q.weight" in sd):
+    if has_decoder and mid_attn != ("decoder.mid.attn_1.q.weight" in sd):
         raise ConversionError("mid-block attention is in only one of encoder and decoder; imagetok's VQGAN needs both or neither")
     ev["mid_attn"] = f"encoder.mid.attn_1.* is {'present' if mid_attn else 'absent'}"
-    zin = need(sd, "decoder.conv_in.weight", fmt)
-    z = zin.shape[1]
     zout = need(sd, "encoder.conv_out.weight", fmt)
-    if zout.shape[0] == 2 * z:
-        raise ConversionError("encoder.conv_out has 2 x z_channels outputs (double_z=True): a KL autoencoder, not a VQ model")
-    ev["z_channels"] = f"decoder.conv_in.weight is {shape(zin)}"
+    if has_decoder:
+        zin = need(sd, "decoder.conv_in.weight", fmt)
+        z = zin.shape[1]
+        if zout.shape[0] == 2 * z:
+            raise ConversionError("encoder.conv_out has 2 x z_channels outputs (double_z=True): a KL autoencoder, not a VQ model")
+        ev["z_channels"] = f"decoder.conv_in.weight is {shape(zin)}"
+    else:
+        z = zout.shape[0]
+        ev["z_channels"] = f"encoder.conv_out.weight is {shape(zout)}"
+    # MoVQ: the decoder's norms are spatial norms conditioned on the codes (norm_layer / conv_y / conv_b)
+    norm_type = "spatial" if "decoder.norm_out.conv_y.weight" in sd else "group"
+    ev["norm_type"] = f"decoder.norm_out.conv_y.weight is {'present (MoVQ spatial norm)' if norm_type == 'spatial' else 'absent'}"
     if "quantize.proj.weight" in sd or "quantize.embed.weight" in sd:
         quantizer, cb_key = "gumbel", "quantize.embed.weight"
         ev["quantizer"] = "quantize.proj / quantize.embed (taming GumbelQuantize) are present"
@@ -216,6 +228,7 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
     fields = dict(
         ch=ch, ch_mult=ch_mult, num_res_blocks=len(blocks), z_channels=z, n_embed=cb.shape[0],
         embed_dim=cb.shape[1], mid_attn=mid_attn, quantizer=quantizer, attn_levels=enc_attn,
+        norm_type=norm_type, decoder=has_decoder,
     )  # fmt: skip
     return fields, ev
 

@@ -6,7 +6,9 @@ legacy ``query/key/value/proj_attn`` -> ``norm/q/k/v/proj_out``, Linear ``[C, C]
 1x1 conv ``[C, C, 1, 1]``), ``downsamplers.0`` -> ``downsample``, ``mid_block.resnets.{0,1}`` /
 ``attentions.0`` -> ``mid.block_{1,2}`` / ``mid.attn_1``, ``conv_norm_out`` -> ``norm_out``,
 ``conv_shortcut`` -> ``nin_shortcut``, and ``decoder.up_blocks.{k}`` -> ``decoder.up.{L-1-k}``
-(diffusers orders decoder blocks from the lowest resolution).
+(diffusers orders decoder blocks from the lowest resolution). ``norm_type="spatial"`` (MoVQ, as in
+Kandinsky): the attention's ``spatial_norm`` -> ``norm``; spatial norms keep their ``norm_layer`` /
+``conv_y`` / ``conv_b`` names (imagetok's :mod:`~imagetok.models.movq`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ._common import (
 from ._io import read_checkpoint, read_config_file
 
 _ATTN = {
-    "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+    "group_norm": "norm", "spatial_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
     "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out",  # legacy attention names
 }  # fmt: skip
 _KNOWN_CONFIG = {
@@ -92,11 +94,9 @@ def given_fields(cfg: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     cls = cfg.get("_class_name", "VQModel")
     if cls != "VQModel":
         raise ConversionError(f"the diffusers config is a {cls}, not a VQModel")
-    if cfg.get("norm_type", "group") != "group":
-        raise ConversionError(
-            f"diffusers VQModel with norm_type={cfg['norm_type']!r} (MoVQ spatial norm, as in Kandinsky) is not "
-            "supported: imagetok's VQGAN decoder uses GroupNorm"
-        )
+    norm_type = cfg.get("norm_type", "group")
+    if norm_type not in ("group", "spatial"):
+        raise ConversionError(f"diffusers VQModel norm_type={norm_type!r} is not supported (expected 'group' or 'spatial')")
     for key, want in (("act_fn", "silu"), ("norm_num_groups", 32), ("in_channels", 3), ("out_channels", 3)):
         if cfg.get(key, want) != want:
             raise ConversionError(f"diffusers config {key}={cfg[key]!r} is not supported (imagetok's VQGAN has {want!r})")
@@ -131,8 +131,13 @@ def given_fields(cfg: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         ch=ch, ch_mult=[c // ch for c in boc], num_res_blocks=int(cfg.get("layers_per_block", 1)),
         z_channels=latent, embed_dim=int(cfg.get("vq_embed_dim") or latent),
         n_embed=int(cfg.get("num_vq_embeddings", 256)), mid_attn=bool(cfg.get("mid_block_add_attention", True)),
-        quantizer="vq",
+        quantizer="vq", norm_type=norm_type,
     )  # fmt: skip
+    if norm_type == "spatial" and given["embed_dim"] != latent:
+        raise ConversionError(
+            f"norm_type='spatial' needs vq_embed_dim == latent_channels (diffusers conditions the decoder's "
+            f"spatial norms, built for latent_channels={latent}, on the codes), got vq_embed_dim={given['embed_dim']}"
+        )
     size = cfg.get("sample_size")
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         size = size[0]

@@ -13,8 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VQGANConfig
+from ..errors import NoDecoderError
 from .ibq import IBQuantizer
 from .quantizer import GumbelQuantizer, QuantizerOutput, VectorQuantizer
+
+
+NO_DECODER = (
+    "this tokenizer is encoder-only (decoder=False): its source had no decoder weights (Hugging Face's "
+    "Chameleon/Anole conversion drops them). It encodes images, but cannot decode tokens. For a decoder, convert "
+    "the original Chameleon VQGAN instead: tokenizer/vqgan.ckpt + tokenizer/vqgan.yaml from Meta's gated Chameleon "
+    "download (or the GAIR/Anole-7b-v0.1 mirror, same file; Chameleon Research License, non-commercial) with "
+    "`imagetok convert tokenizer/vqgan.ckpt --from chameleon --config tokenizer/vqgan.yaml`"
+)
 
 
 def Normalize(channels: int) -> nn.GroupNorm:  # noqa: N802 - taming's name
@@ -187,7 +197,8 @@ class VQGAN(nn.Module):
         super().__init__()
         c = self.config = config
         self.encoder = Encoder(c)
-        self.decoder = Decoder(c)
+        if c.decoder:  # encoder-only models (decoder=False) have neither decoder nor post_quant_conv
+            self.decoder = self._make_decoder(c)
         if c.quantizer == "ibq":
             self.quant_conv = nn.Conv2d(c.z_channels, c.embed_dim, 1)
             self.quantize = IBQuantizer(c.n_embed, c.embed_dim)
@@ -197,7 +208,11 @@ class VQGAN(nn.Module):
         else:
             self.quant_conv = nn.Conv2d(c.z_channels, c.embed_dim, 1)
             self.quantize = VectorQuantizer(c.n_embed, c.embed_dim, c.codebook_norm)
-        self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)
+        if c.decoder:
+            self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)
+
+    def _make_decoder(self, c: VQGANConfig) -> nn.Module:
+        return Decoder(c)  # imagetok.models.movq.MoVQ builds a spatial-norm decoder instead
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-quantisation latents ``[B, C, h, w]`` (after ``quant_conv``; C = embed_dim, or z_channels for Gumbel)."""
@@ -209,6 +224,8 @@ class VQGAN(nn.Module):
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """``[B, embed_dim, h, w]`` codes -> ``[B, 3, H, W]`` images (unclamped)."""
+        if not self.config.decoder:
+            raise NoDecoderError(NO_DECODER)
         return self.decoder(self.post_quant_conv(codes.to(self.post_quant_conv.weight.dtype)))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
