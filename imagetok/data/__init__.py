@@ -1,0 +1,1 @@
+"""Image datasets: sources (folders, lists, tar shards, tables, URLs) and token datasets."""
