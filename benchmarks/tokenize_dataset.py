@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagetok import Tokenizer  # noqa: E402
 from imagetok import image as _image  # noqa: E402
-from imagetok.tokenize_dataset import _Images, _identity, list_source, tokenize_dataset  # noqa: E402
+from imagetok.data.sources import list_source  # noqa: E402
+from imagetok.data.token_dataset import _Images, _identity, tokenize_dataset  # noqa: E402
 
 BUNDLED_CONFIG = {"family": "vqgan", "ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [],
                   "z_channels": 64, "embed_dim": 8, "n_embed": 4096, "codebook_norm": "l2", "resolution": 256}

@@ -38,3 +38,7 @@ class ConversionError(ImagetokError, ValueError):
 
 class HubError(ImagetokError, OSError):
     """The Hugging Face Hub could not be reached or refused a request."""
+
+
+class MissingDependencyError(ImagetokError, ImportError):
+    """An optional dependency (pyarrow for token datasets, matplotlib for plots) is not installed."""

@@ -299,6 +299,11 @@ class Tokenizer:
         """Side length images are resized and cropped to by default (``config.resolution``)."""
         return self.config.resolution
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """TEMP shim (replaced by the harden branch): ``{"name", "config_hash", "weights_sha256", "revision"}``."""
+        return {"name": self.name, "config_hash": config_hash(self.config), "weights_sha256": None, "revision": None}
+
     def grid_shapes(self, size: int | None = None) -> tuple[tuple[int, int], ...]:
         """Token grid ``(h, w)`` of each level for a ``size x size`` image (default size if None)."""
         s = size or self.default_size

@@ -22,14 +22,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 from imagetok import Tokenizer  # noqa: E402
 from imagetok import image as _image  # noqa: E402
 from imagetok.cli import main as cli_main  # noqa: E402
-from imagetok.errors import InputError  # noqa: E402
-from imagetok.tokenize_dataset import (  # noqa: E402
-    TokenDataset,
-    export_memmap,
-    list_source,
-    merge_dataset,
-    tokenize_dataset,
-)
+from imagetok.errors import InputError, MissingDependencyError  # noqa: E402
+from imagetok.data.sources import list_source  # noqa: E402
+from imagetok.data.token_dataset import TokenDataset, export_memmap, merge_dataset, tokenize_dataset  # noqa: E402
 
 CFG = {"family": "vqgan", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
        "z_channels": 8, "embed_dim": 4, "n_embed": 300, "resolution": 32}
@@ -317,7 +312,7 @@ def test_kill_and_resume(ref, src, model_dir, tmp_path):
     out = tmp_path / "out"
     script = (
         "import time\n"
-        "from imagetok.tokenize_dataset import tokenize_dataset\n"
+        "from imagetok.data import tokenize_dataset\n"
         f"tokenize_dataset({str(src)!r}, {str(out)!r}, model={str(model_dir)!r}, batch_size=1, shard_size=2, "
         "workers=0, progress=False, callback=lambda d, n: time.sleep(0.2))\n"
     )
@@ -358,7 +353,7 @@ def test_bad_sources(tmp_path, model_dir, src):
     with pytest.raises(InputError, match="is an image"):
         list_source(src / "big.jpg")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no images found"):
+    with pytest.raises(InputError, match="no image files found"):
         list_source(tmp_path / "empty")
     with pytest.raises(InputError, match="4 shard.s. not found"):
         list_source(str(tmp_path / "x-{0..3}.tar"))
@@ -373,7 +368,7 @@ def test_bad_sources(tmp_path, model_dir, src):
 def test_missing_pyarrow_message(monkeypatch, src, model_dir, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ImportError, match=r"imagetok\[datasets\]"):
+    with pytest.raises(MissingDependencyError, match=r"imagetok\[datasets\]"):
         tokenize_dataset(src, tmp_path / "o", model=str(model_dir))
     assert cli_main(["tokenize-dataset", str(src), "--out", str(tmp_path / "o"), "--model", str(model_dir)]) == 1
     assert "pip install 'imagetok[datasets]'" in capsys.readouterr().err
@@ -409,7 +404,7 @@ def test_torchrun_two_processes(src, model_dir, tmp_path):
         (clean / k.replace("/", "_")).write_bytes((src / k).read_bytes())
     out2 = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "imagetok.tokenize_dataset", str(clean), "--out", str(out2), "--model", str(model_dir),
+           "-m", "imagetok", "tokenize-dataset", str(clean), "--out", str(out2), "--model", str(model_dir),
            "--shard-size", "2", "--batch-size", "2", "--workers", "0", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

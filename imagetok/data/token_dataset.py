@@ -1,21 +1,17 @@
-"""Tokenize an image dataset into Parquet shards for language-model training.
+"""Token datasets: tokenize an image source into Parquet shards for language-model training, and read them.
 
->>> from imagetok.tokenize_dataset import tokenize_dataset, TokenDataset
+>>> from imagetok.data import tokenize_dataset, TokenDataset
 >>> tokenize_dataset("photos/", "photos-tokens/", model=None, batch_size=16)
 >>> for row in TokenDataset("photos-tokens/"):       # row.tokens: int64 [h, w]
 ...     ...
 
-Command line: ``imagetok tokenize-dataset SRC --out DIR`` or ``python -m imagetok.tokenize_dataset SRC
---out DIR``; several processes / machines: ``torchrun --nproc-per-node N -m imagetok.tokenize_dataset ...``.
+Command line: ``imagetok tokenize-dataset SRC --out DIR``; several processes / machines:
+``torchrun --nproc-per-node N -m imagetok tokenize-dataset ...``.
 
-**Sources.** ``SRC`` is a folder (walked recursively; image files by extension, and ``.tar`` files in
-it are read as WebDataset shards), a ``.tar`` file or a pattern of them (``shards/{0000..0099}.tar``,
-``shards/*.tar``), or a text file listing one image path per line (relative paths are relative to the
-list file's folder; blank lines and lines starting with ``#`` are skipped). Every image gets a stable
-*key*: its path relative to the folder (or as written in the list), ``shard.tar/member`` for tar
-members. Work is the sorted list of keys, cut into fixed shards of ``shard_size`` keys: shard ``i``
-holds keys ``[i * shard_size, (i + 1) * shard_size)``; with ``W`` processes, rank ``r`` does the
-shards with ``i % W == r``.
+**Sources** are walked by :mod:`imagetok.data.sources` (folders, list files, ``.tar`` shards and
+patterns). Work is the sorted list of keys, cut into fixed shards of ``shard_size`` keys: shard
+``i`` holds keys ``[i * shard_size, (i + 1) * shard_size)``; with ``W`` processes, rank ``r`` does
+the shards with ``i % W == r``.
 
 **Output folder**::
 
@@ -39,16 +35,11 @@ and skipped; the summary and exit status report them.
 
 from __future__ import annotations
 
-import glob as _glob
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import socket
-import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -58,234 +49,31 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from . import image as _image
-from .config import config_hash, config_to_dict
-from .errors import ImagetokError, InputError
-from .llm import LLMBridge
+from .. import image as _image
+from ..config import config_hash, config_to_dict
+from ..errors import ImagetokError, InputError, MissingDependencyError
+from ..llm import LLMBridge
+from .sources import MAX_TAR_MEMBER_BYTES, WorkList, list_source  # noqa: F401 (used below)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "imagetok-token-dataset"
 FORMAT_VERSION = 1
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
-)
 INFO_NAME, ERRORS_NAME, DATA_DIR, STATE_DIR = "dataset_info.json", "errors.jsonl", "data", ".imagetok"
-EXIT_SOME_FAILED = 3  # CLI exit status when the dataset is complete but some images failed
 _DIST_TIMEOUT = timedelta(hours=48)  # how long finished ranks wait for the slowest one
 _DEFAULT: Any = object()
 
 
-def _require_pyarrow() -> Any:
+def require_pyarrow() -> Any:
+    """Import pyarrow (and pyarrow.parquet), or raise MissingDependencyError with the install command."""
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "tokenize-dataset writes Parquet and needs pyarrow: pip install 'imagetok[datasets]' (or pip install pyarrow)"
         ) from None
     return pyarrow
-
-
-# =============================================================================== the work list
-class _Packed:
-    """A read-only list of strings packed into two numpy arrays (no per-string Python objects, so
-    forked loader workers do not slowly copy it through reference counting)."""
-
-    def __init__(self, items: Sequence[str]):
-        enc = [s.encode("utf-8", "surrogateescape") for s in items]
-        self.offsets = np.zeros(len(enc) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in enc], out=self.offsets[1:])
-        self.data = np.frombuffer(b"".join(enc), dtype=np.uint8)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> str:
-        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8", "surrogateescape")
-
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        h.update(self.offsets.tobytes())
-        h.update(self.data.tobytes())
-        return h.hexdigest()[:32]
-
-
-@dataclass
-class WorkList:
-    """The sorted images of a source.
-
-    Attributes:
-        kind: ``"folder"``, ``"list"`` or ``"tar"``.
-        root: keys are relative to this folder (absolute keys from a list file stay absolute).
-        keys: the sorted, unique keys.
-        tars: tar files (relative to ``root``) that members come from.
-        tar_index, tar_offset, tar_size: per key, which tar (-1: a plain file ``root / key``), where
-            the member's data starts and how long it is.
-        source_errors: ``{"key", "error"}`` for tar files or folders that could not be read.
-        ignored: files skipped because their extension is not an image extension.
-        duplicates: keys listed more than once (kept once).
-    """
-
-    kind: str
-    root: Path
-    keys: _Packed
-    tars: list[str]
-    tar_index: np.ndarray
-    tar_offset: np.ndarray
-    tar_size: np.ndarray
-    source_errors: list[dict]
-    ignored: int = 0
-    duplicates: int = 0
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def fingerprint(self) -> str:
-        return f"{self.kind}:{self.keys.digest()}"
-
-    def read(self, i: int, handles: dict[int, Any]) -> str | bytes:
-        """The path of item ``i``, or its bytes for a tar member (``handles`` caches open tars)."""
-        t = int(self.tar_index[i])
-        if t < 0:
-            return str(self.root / self.keys[i])
-        f = handles.get(t)
-        if f is None:
-            f = handles[t] = open(self.root / self.tars[t], "rb")  # noqa: SIM115 (closed with the worker)
-        f.seek(int(self.tar_offset[i]))
-        data = f.read(int(self.tar_size[i]))
-        if len(data) != int(self.tar_size[i]):
-            raise InputError(f"{self.tars[t]}: truncated tar member ({len(data)} of {int(self.tar_size[i])} bytes)")
-        return data
-
-
-def _brace_expand(pattern: str) -> list[str]:
-    """``a{00..02}b`` -> a00b a01b a02b; ``a{x,y}`` -> ax ay (nested and repeated braces work)."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if not m:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-        opts = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
-    else:
-        opts = body.split(",")
-    return [x for o in opts for x in _brace_expand(head + o + tail)]
-
-
-def _tar_members(tar_path: Path, rel: str, extensions: frozenset[str], out: list, errors: list, t: int) -> int:
-    """Append (key, t, offset, size) for each image member; return the count of non-image members."""
-    ignored = 0
-    try:
-        with tarfile.open(tar_path, "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                if Path(m.name).suffix.lower() not in extensions:
-                    ignored += 1
-                    continue
-                out.append((f"{rel}/{m.name}", t, m.offset_data, m.size))
-    except tarfile.ReadError as e:
-        with open(tar_path, "rb") as f:
-            magic = f.read(6)
-        compressed = magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00" or magic[:4] == b"\x28\xb5\x2f\xfd"
-        hint = " (it is compressed: use uncompressed .tar shards, members are read by offset)" if compressed else ""
-        errors.append({"key": rel, "error": f"tar file unreadable after {len(out)} members: {e}{hint}"})
-    except OSError as e:
-        errors.append({"key": rel, "error": f"cannot read tar file: {e}"})
-    return ignored
-
-
-def list_source(src: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> WorkList:
-    """Enumerate a source into a sorted :class:`WorkList` (see the module docstring for the kinds).
-
-    Raises:
-        InputError: the source does not exist, is an image itself, holds no images, or a list file
-            is not text.
-    """
-    s = str(src)
-    entries: list[tuple[str, int, int, int]] = []  # key, tar index, offset, size
-    tars: list[str] = []
-    errors: list[dict] = []
-    ignored = 0
-    path = Path(s)
-    if path.is_dir():
-        kind, root = "folder", path
-
-        def onerror(e: OSError) -> None:
-            errors.append({"key": os.path.relpath(e.filename, root) if e.filename else ".", "error": f"cannot list folder: {e.strerror or e}"})
-
-        tar_files = []
-        for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel_dir = Path(dirpath).relative_to(root)
-            for name in filenames:
-                if name.startswith("."):
-                    continue
-                rel = (rel_dir / name).as_posix()
-                suffix = Path(name).suffix.lower()
-                if suffix in extensions:
-                    entries.append((rel, -1, 0, 0))
-                elif suffix == ".tar":
-                    tar_files.append(rel)
-                else:
-                    ignored += 1
-        for rel in sorted(tar_files):
-            tars.append(rel)
-            ignored += _tar_members(root / rel, rel, extensions, entries, errors, len(tars) - 1)
-    elif path.is_file() and path.suffix.lower() == ".tar" or (not path.exists() and re.search(r"[*?\[{]", s)):
-        kind = "tar"
-        files = [Path(p) for p in sorted({m for pat in _brace_expand(s) for m in (_glob.glob(pat) if re.search(r"[*?\[]", pat) else [pat])})]
-        if not files:
-            raise InputError(f"{s}: the pattern matches no files")
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise InputError(f"{s}: {len(missing)} shard(s) not found, e.g. {missing[:3]}")
-        not_tar = [str(f) for f in files if f.suffix.lower() != ".tar"]
-        if not_tar:
-            raise InputError(f"{s}: a pattern must match .tar shards, got {not_tar[:3]}")
-        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
-        for f in files:
-            rel = f.resolve().relative_to(root).as_posix()
-            tars.append(rel)
-            ignored += _tar_members(root / rel, rel, extensions, entries, errors, len(tars) - 1)
-    elif path.is_file():
-        if path.suffix.lower() in extensions:
-            raise InputError(f"{s} is an image; SRC must be a folder, a text file listing image paths, or .tar shards")
-        kind, root = "list", path.resolve().parent
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{s}: not a UTF-8 text file; SRC must be a folder, a list of image paths, or .tar shards") from None
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                entries.append((line, -1, 0, 0))
-    else:
-        raise InputError(f"{s}: no such folder, file or .tar shard pattern")
-    entries.sort(key=lambda e: e[0])
-    unique = [e for j, e in enumerate(entries) if j == 0 or e[0] != entries[j - 1][0]]
-    duplicates = len(entries) - len(unique)
-    if duplicates:
-        log.warning("%s: %d key(s) listed more than once; each is tokenized once", s, duplicates)
-    if not unique:
-        exts = " ".join(sorted(extensions))
-        detail = f"; problems: {errors[:3]}" if errors else ""
-        raise InputError(f"{s}: no images found (looked for {exts}{', and .tar shards' if kind == 'folder' else ''}){detail}")
-    return WorkList(
-        kind=kind,
-        root=root.resolve(),
-        keys=_Packed([e[0] for e in unique]),
-        tars=tars,
-        tar_index=np.array([e[1] for e in unique], dtype=np.int32),
-        tar_offset=np.array([e[2] for e in unique], dtype=np.int64),
-        tar_size=np.array([e[3] for e in unique], dtype=np.int64),
-        source_errors=errors,
-        ignored=ignored,
-        duplicates=duplicates,
-    )
 
 
 # ============================================================================== loading images
@@ -536,60 +324,21 @@ def _setup_dist(rank: int | None, world_size: int | None) -> _Dist:
     return _Dist()
 
 
-# ============================================================================ progress display
-class _Progress:
-    """images/s and ETA on stderr (tqdm when installed, else a line every few seconds)."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.total, self.done, self.failed, self.t0, self.last = total, 0, 0, time.monotonic(), 0.0
-        self.bar = None
-        self.enabled = enabled and total > 0
-        if self.enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                tty = sys.stderr.isatty()
-                self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5 if tty else 30, smoothing=0.1)
-            except ImportError:
-                pass
-        self.desc = desc
-
-    def update(self, n: int, failed: int) -> None:
-        self.done += n
-        self.failed += failed
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(n)
-            if failed:
-                self.bar.set_postfix(failed=self.failed, refresh=False)
-            return
-        now = time.monotonic()
-        if now - self.last >= 10 or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            print(f"{self.desc}: {self.done}/{self.total} images, {rate:.1f} img/s, ETA {_hms(eta)}, failed {self.failed}", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _hms(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 # ================================================================================== the run
+def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar on stderr (images/s, ETA); disabled when not wanted (``total`` stays readable)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=not (enabled and total > 0),
+                mininterval=0.5 if os.isatty(2) else 30, smoothing=0.1)
+
+
 def _default_workers(local_world: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // max(1, local_world) - 1))
 
 
 def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, shard_size: int) -> dict:
-    from . import __version__
+    from .. import __version__
 
     factor = max(tok.downsample_factors)
     return {
@@ -676,11 +425,11 @@ def tokenize_dataset(
 
     Raises:
         InputError: unusable source, invalid sizes, or ``out`` holds a different tokenization.
-        ImportError: pyarrow is not installed.
+        MissingDependencyError: pyarrow is not installed.
     """
-    from .tokenizer import Tokenizer
+    from ..tokenizer import Tokenizer
 
-    _require_pyarrow()
+    require_pyarrow()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -714,7 +463,7 @@ def tokenize_dataset(
         total = sum(hi - lo for lo, hi in map(sampler.bounds, todo))
         n_workers = _default_workers(dist.local_world) if workers is None else workers
         desc = "tokenize" if dist.world == 1 else f"tokenize (rank {dist.rank}/{dist.world})"
-        bar = _Progress(total, progress and dist.rank == 0, desc)
+        bar = _progress_bar(total, progress and dist.rank == 0, desc)
         try:
             processed, failed = _run(tok, work, plan, out, sampler, size, factor, draft, n_workers, bar, callback)
         finally:
@@ -744,7 +493,7 @@ def tokenize_dataset(
 
 
 def _run(tok: Any, work: WorkList, plan: dict, out: Path, sampler: _ShardBatches, size: int | None, factor: int,
-         draft: bool, n_workers: int, bar: _Progress, callback: Callable[[int, int], None] | None) -> tuple[int, int]:
+         draft: bool, n_workers: int, bar: Any, callback: Callable[[int, int], None] | None) -> tuple[int, int]:
     """The loop: loader workers decode ahead while this process encodes and writes shards."""
     if len(sampler) == 0:
         return 0, 0
@@ -795,7 +544,9 @@ def _run(tok: Any, work: WorkList, plan: dict, out: Path, sampler: _ShardBatches
             if remaining == 0:
                 writer.commit()
                 writer = None
-            bar.update(len(batch), n_bad)
+            bar.update(len(batch))
+            if n_bad:
+                bar.set_postfix(failed=failed, refresh=False)
             if callback is not None:
                 callback(processed, bar.total)
     finally:
@@ -819,7 +570,7 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
         InputError: ``out`` is not a tokenize-dataset folder, or a shard's rows and errors do not
             add up to its images (a damaged or foreign file).
     """
-    _require_pyarrow()
+    require_pyarrow()
     import pyarrow.parquet as pq
 
     out = Path(out)
@@ -899,7 +650,7 @@ class TokenDataset:
     """
 
     def __init__(self, directory: str | os.PathLike, *, rank: int = 0, world_size: int = 1):
-        _require_pyarrow()
+        require_pyarrow()
         self.directory = Path(directory)
         path = self.directory / INFO_NAME
         if not path.is_file():
@@ -1040,88 +791,3 @@ def export_memmap(
     return info
 
 
-# ======================================================================================== CLI
-def add_arguments(p: Any) -> None:
-    """The ``tokenize-dataset`` options (shared by ``imagetok tokenize-dataset`` and
-    ``python -m imagetok.tokenize_dataset``)."""
-    p.add_argument("src", nargs="?", help="folder, text file listing image paths, .tar shard or pattern (shards/{0000..0099}.tar)")
-    p.add_argument("--out", "-o", required=True, help="output folder (a rerun into it resumes)")
-    p.add_argument("--model", "-m", default=None, help="model name or folder (default: bundled)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--workers", type=int, default=None, help="image loading processes (default: one per spare core, 0 = in-process)")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard (default 1000)")
-    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda:LOCAL_RANK if available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="network dtype (codebook search stays float32)")
-    p.add_argument("--draft", action="store_true", help="decode large JPEGs at reduced size (faster; tokens then differ slightly from encode())")
-    p.add_argument("--rank", type=int, default=None, help="this job's part when splitting by hand (with --world-size)")
-    p.add_argument("--world-size", type=int, default=None, help="number of parts when splitting by hand")
-    p.add_argument("--merge-only", action="store_true", help="only (re)write dataset_info.json and errors.jsonl from finished shards")
-    p.add_argument("--memmap", action="store_true", help="also export memmap/tokens.bin + offsets.npy (LLM ids)")
-    p.add_argument("--llm-offset", type=int, default=0, help="LLM id of image code 0 for --memmap (default 0)")
-    p.add_argument("--boi", action="store_true", help="--memmap: add a begin-of-image id")
-    p.add_argument("--eoi", action="store_true", help="--memmap: add an end-of-image id")
-    p.add_argument("--eor", action="store_true", help="--memmap: add an end-of-row id after each row")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-
-
-def run_from_args(args: Any) -> int:
-    """Run a parsed ``tokenize-dataset`` command; returns the exit status (0 all images tokenized,
-    3 dataset complete but some images failed, 1 not complete)."""
-    try:
-        _require_pyarrow()
-    except ImportError as e:
-        print(f"imagetok tokenize-dataset: error: {e}", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    if args.merge_only:
-        info = merge_dataset(out)
-        if info is None:
-            print(f"imagetok tokenize-dataset: {out}: shards still missing; dataset_info.json not written", file=sys.stderr)
-            return 1
-        summary: dict[str, Any] = {"complete": True, "rows": info["counts"]["rows"], "failed": info["counts"]["failed"],
-                                   "images": info["counts"]["images"], "info": str(out / INFO_NAME)}
-        is_main = True
-    else:
-        if not args.src:
-            raise InputError("SRC is required (unless --merge-only)")
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        summary = tokenize_dataset(
-            args.src, out, model=args.model, size=(None if args.size == 0 else args.size) if args.size is not None else _DEFAULT,
-            batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size, draft=args.draft,
-            device=args.device, dtype=dtypes.get(args.dtype) if args.dtype else None, rank=args.rank,
-            world_size=args.world_size, progress=not args.quiet,
-        )
-        is_main = summary["complete"] is not None
-    if summary.get("complete") and args.memmap and summary.get("rank", 0) == 0:
-        ds = TokenDataset(out)
-        mm = export_memmap(ds, bridge=ds.bridge(offset=args.llm_offset, boi=args.boi, eoi=args.eoi, eor=args.eor))
-        summary["memmap"] = {"dir": str(out / "memmap"), **{k: mm[k] for k in ("dtype", "num_sequences", "num_tokens")}}
-    if not is_main:  # a torchrun rank > 0: rank 0 reports the merged dataset
-        print(f"rank {summary['rank']}: {summary['processed']} images, {summary['failed_now']} failed", file=sys.stderr)
-        return 0
-    if summary.get("complete"):
-        failed = summary["failed"]
-        msg = f"{summary['rows']} of {summary['images']} images tokenized into {out / DATA_DIR}"
-        msg += f"; {failed} failed (listed in {out / ERRORS_NAME})" if failed else ""
-        print(f"imagetok tokenize-dataset: {msg}", file=sys.stderr)
-        print(json.dumps(summary))
-        return EXIT_SOME_FAILED if failed else 0
-    print(json.dumps(summary))
-    print(
-        f"imagetok tokenize-dataset: this part is done ({summary.get('processed')} images, {summary.get('failed_now')} failed); "
-        "other parts are unfinished: rerun with --merge-only when all are done",
-        file=sys.stderr,
-    )
-    return EXIT_SOME_FAILED if summary.get("failed_now") else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m imagetok.tokenize_dataset`` (same as ``imagetok tokenize-dataset``)."""
-    from .cli import main as cli_main
-
-    return cli_main(["tokenize-dataset", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
