@@ -16,8 +16,9 @@ def add_parser(sub: Any) -> None:
                        description="Tokenize every image of SRC into Parquet shards for LLM training (resumable; "
                        "torchrun --nproc-per-node N -m imagetok tokenize-dataset ... splits the work). Exit status: "
                        "0 all images tokenized, 3 complete but some images failed (see errors.jsonl), 1 error.")
-    p.add_argument("src", nargs="?", help="folder, text file listing image paths, .tar shard or pattern (shards/{0000..0099}.tar)")
-    p.add_argument("--out", "-o", required=True, help="output folder (a rerun into it resumes)")
+    p.add_argument("src", nargs="?", help="folder, text file listing image paths, .tar shard or pattern (shards/{0000..0099}.tar), "
+                   "Parquet file/folder or Hugging Face dataset (hf://datasets/org/name); local or any fsspec URL (s3://, gs://, hf://, https://)")
+    p.add_argument("--out", "-o", required=True, help="output folder, local or object-store URL (s3://, gs://, hf://...); a rerun into it resumes")
     p.add_argument("--model", "-m", default=None, help="model name or folder (default: bundled)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--workers", type=int, default=None, help="image loading processes (default: one per spare core, 0 = in-process)")
@@ -35,6 +36,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--eoi", action="store_true", help="--memmap: add an end-of-image id")
     p.add_argument("--eor", action="store_true", help="--memmap: add an end-of-row id after each row")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--fast", action="store_true", help="bfloat16 network, float32 code search (tokens do not depend on the batch; may differ from the exact path)")
+    p.add_argument("--image-column", default=None, help="table sources: the image column (bytes, {bytes, path} struct or path; default: detected)")
+    p.add_argument("--key-column", default=None, help="table sources: a unique id column used as key (default: file#row)")
+    p.add_argument("--label-column", default=None, help="table sources: a label column carried into the dataset")
+    p.add_argument("--split", default=None, help="table sources: the split to read when a dataset holds several (train, test...)")
     p.set_defaults(func=cmd_tokenize_dataset)
 
 
@@ -44,14 +50,17 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     td.require_pyarrow()
-    out = Path(args.out)
+    out = args.out
+    if args.memmap and "://" in out and not out.startswith("file://"):
+        raise InputError(f"--memmap writes a local memmap next to the dataset, and {out} is a URL: "
+                         "use a local --out, or TokenDataset(url).to_memmap(local_dir)")
     if args.merge_only:
         info = td.merge_dataset(out)
         if info is None:
             print(f"imagetok tokenize-dataset: {out}: shards still missing; dataset_info.json not written", file=sys.stderr)
             return 1
         summary: dict[str, Any] = {"complete": True, "rows": info["counts"]["rows"], "failed": info["counts"]["failed"],
-                                   "images": info["counts"]["images"], "info": str(out / td.INFO_NAME)}
+                                   "images": info["counts"]["images"], "info": _join(out, td.INFO_NAME)}
         is_main = True
     else:
         if not args.src:
@@ -66,20 +75,21 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
         summary = td.tokenize_dataset(
             args.src, out, model=args.model, batch_size=args.batch_size, workers=args.workers,
             shard_size=args.shard_size, draft=args.draft, device=args.device, rank=args.rank,
-            world_size=args.world_size, progress=not args.quiet, **kw,
+            world_size=args.world_size, progress=not args.quiet, fast=args.fast, image_column=args.image_column,
+            key_column=args.key_column, label_column=args.label_column, split=args.split, **kw,
         )
         is_main = summary["complete"] is not None
     if summary.get("complete") and args.memmap and summary.get("rank", 0) == 0:
         ds = td.TokenDataset(out)
         mm = td.export_memmap(ds, bridge=ds.bridge(offset=args.llm_offset, boi=args.boi, eoi=args.eoi, eor=args.eor))
-        summary["memmap"] = {"dir": str(out / "memmap"), **{k: mm[k] for k in ("dtype", "num_sequences", "num_tokens")}}
+        summary["memmap"] = {"dir": _join(out, "memmap"), **{k: mm[k] for k in ("dtype", "num_sequences", "num_tokens")}}
     if not is_main:  # a torchrun rank > 0: rank 0 reports the merged dataset
         print(f"rank {summary['rank']}: {summary['processed']} images, {summary['failed_now']} failed", file=sys.stderr)
         return 0
     if summary.get("complete"):
         failed = summary["failed"]
-        msg = f"{summary['rows']} of {summary['images']} images tokenized into {out / td.DATA_DIR}"
-        msg += f"; {failed} failed (listed in {out / td.ERRORS_NAME})" if failed else ""
+        msg = f"{summary['rows']} of {summary['images']} images tokenized into {_join(out, td.DATA_DIR)}"
+        msg += f"; {failed} failed (listed in {_join(out, td.ERRORS_NAME)})" if failed else ""
         print(f"imagetok tokenize-dataset: {msg}", file=sys.stderr)
         print(json.dumps(summary))
         return EXIT_SOME_FAILED if failed else 0
@@ -90,3 +100,8 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_SOME_FAILED if summary.get("failed_now") else 0
+
+
+def _join(out: str, name: str) -> str:
+    """``out/name`` for a folder or a URL (pathlib would fold ``s3://`` into ``s3:/``)."""
+    return f"{out.rstrip('/')}/{name}" if "://" in out else str(Path(out) / name)

@@ -25,10 +25,14 @@ import re
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import InputError
+from .sources import MAX_TAR_MEMBER_BYTES, WorkList, _Packed
 
 #: protocols whose single-object upload is atomic (the object appears whole, or not at all)
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hf", "memory", "oss", "oci"})
@@ -527,3 +531,57 @@ def read_member(root: RemoteRoot, key: str, tar: str | None, offset: int, size: 
     if len(data) != size:
         raise InputError(f"{tar}: truncated tar member ({len(data)} of {size} bytes)")
     return data
+
+
+# ============================================================================ remote work lists
+@dataclass
+class RemoteWorkList(WorkList):
+    """A :class:`~imagetok.data.sources.WorkList` whose files live below an fsspec URL: ``read``
+    returns bytes fetched through the filesystem (made lazily in each loader process)."""
+
+    remote: RemoteRoot | None = None
+
+    def path(self, i: int) -> str:
+        key = self.keys[i]
+        return key if is_url(key) else self.remote.url_of(key)
+
+    def read(self, i: int, handles: dict[int, Any]) -> bytes:
+        t = int(self.tar_index[i])
+        size = int(self.tar_size[i])
+        if t >= 0 and size > self.max_member_bytes:
+            raise InputError(f"{self.keys[i]}: tar member is {size:,} bytes, over the limit of {self.max_member_bytes:,} "
+                             "(max_member_bytes, --max-member-mb)")
+        return read_member(self.remote, self.keys[i], self.tars[t] if t >= 0 else None, int(self.tar_offset[i]), size, handles)
+
+
+def list_remote_worklist(url: str, extensions: frozenset[str], max_member_bytes: int = MAX_TAR_MEMBER_BYTES) -> RemoteWorkList:
+    """:func:`list_remote` as a sorted work list of unique keys (the same rules as
+    :func:`~imagetok.data.sources.list_source`).
+
+    Raises:
+        InputError: see :func:`list_remote`; no images found; an absolute path in a remote list file.
+    """
+    listing = list_remote(url, extensions)
+    bad = [e[0] for e in listing.entries if e[0].startswith("/")]
+    if bad:
+        raise InputError(f"{url}: absolute paths in a remote list file are ambiguous (e.g. {bad[0]!r}); "
+                         "write URLs or paths relative to the list's folder")
+    entries = sorted(listing.entries, key=lambda e: e[0])
+    unique = [e for j, e in enumerate(entries) if j == 0 or e[0] != entries[j - 1][0]]
+    if not unique:
+        detail = f"; problems: {listing.errors[:3]}" if listing.errors else ""
+        raise InputError(f"{url}: no image files found (looked for {' '.join(sorted(extensions))}){detail}")
+    return RemoteWorkList(
+        kind=listing.kind,
+        root=Path(listing.root.url),
+        keys=_Packed([e[0] for e in unique]),
+        tars=listing.tars,
+        tar_index=np.array([e[1] for e in unique], dtype=np.int32),
+        tar_offset=np.array([e[2] for e in unique], dtype=np.int64),
+        tar_size=np.array([e[3] for e in unique], dtype=np.int64),
+        source_errors=listing.errors,
+        ignored=listing.ignored,
+        duplicates=len(entries) - len(unique),
+        max_member_bytes=max_member_bytes,
+        remote=listing.root,
+    )

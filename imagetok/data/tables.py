@@ -329,14 +329,15 @@ class TableSource:
 
     # ------------------------------------------------------------------------------ listing
     def _open_table(self, f: int) -> Any:
-        """A ParquetFile, or (for save_to_disk arrow files) the whole memory-mapped table."""
+        """A ParquetFile, or (for save_to_disk arrow files) the whole memory-mapped table (both have
+        ``close()``)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self.files.fmt == "arrow":
             path = Path(self.files.root) / self.files.rel[f]
             with pa.memory_map(str(path), "r") as mm:
-                return pa.ipc.open_stream(mm).read_all()
+                return _ArrowTable(pa.ipc.open_stream(mm).read_all())
         return pq.ParquetFile(self.files.open(f))
 
     def _scan(self, f: int, where: str) -> tuple[Any, np.ndarray, dict]:
@@ -411,7 +412,7 @@ class TableSource:
         starts = self._row_starts[f]
         g = int(np.searchsorted(starts, r, side="right") - 1)
         cached = handles.get(("rg", f))
-        if cached is None or cached[0] != g:
+        if cached is None or cached.group != g:
             t = handles.get(("file", f))
             if t is None:
                 t = handles[("file", f)] = self._open_table(f)
@@ -419,8 +420,8 @@ class TableSource:
                 column = t.read_row_group(g, columns=[self.image_column]).column(0)
             else:
                 column = t.column(self.image_column).slice(int(starts[g]), int(starts[g + 1] - starts[g]))
-            cached = handles[("rg", f)] = (g, column)
-        value = cached[1][r - int(starts[g])].as_py()
+            cached = handles[("rg", f)] = _RowGroup(g, column)
+        value = cached.column[r - int(starts[g])].as_py()
         if self.image_kind == "struct":
             if value is None:
                 raise InputError("the image cell is null")
@@ -444,10 +445,34 @@ class TableSource:
         fs, path = remote.url_to_fs(p)
         return fs.cat_file(path)
 
-    def close(self, handles: dict) -> None:
-        import pyarrow.parquet as pq
+    def path(self, i: int) -> str:
+        """A readable name of item ``i``: ``table file#row``."""
+        return f"{self.files.root.rstrip('/')}/{self.files.rel[int(self.file_index[i])]}#{int(self.row_index[i])}"
 
-        for k, v in list(handles.items()):
-            if isinstance(k, tuple) and k[0] == "file" and isinstance(v, pq.ParquetFile):
-                v.close(force=True)
+    def close(self, handles: dict) -> None:
+        for v in handles.values():
+            v.close()
         handles.clear()
+
+
+class _ArrowTable:
+    """A memory-mapped Arrow table that, like a ParquetFile, has ``close()``."""
+
+    def __init__(self, table: Any):
+        self.table = table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def close(self) -> None:
+        self.table = None
+
+
+class _RowGroup:
+    """The image column of the row group last read from a file (per process)."""
+
+    def __init__(self, group: int, column: Any):
+        self.group, self.column = group, column
+
+    def close(self) -> None:
+        self.column = None

@@ -53,7 +53,9 @@ from .. import image as _image
 from ..config import config_hash, config_to_dict
 from ..errors import ImagetokError, InputError, MissingDependencyError
 from ..llm import LLMBridge
-from .sources import MAX_TAR_MEMBER_BYTES, WorkList, list_source  # noqa: F401 (used below)
+from .encode import BatchEncoder
+from .remote import Output, RemoteRoot, is_url, list_remote_worklist, local_path, open_output
+from .sources import IMAGE_EXTENSIONS, MAX_TAR_MEMBER_BYTES, WorkList, list_source  # noqa: F401 (used below)
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +167,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("preprocessing",), ("token_dtype",), ("source", "fingerprint"), ("source", "items"), ("shard_size",))
+_PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("tokenizer", "network"), ("preprocessing",), ("token_dtype",), ("source", "fingerprint"), ("source", "items"), ("shard_size",))
 
 
 def _get(d: dict, path: Sequence[str]) -> Any:
@@ -187,15 +176,14 @@ def _get(d: dict, path: Sequence[str]) -> Any:
     return d
 
 
-def _ensure_plan(out: Path, plan: dict) -> None:
+def _ensure_plan(out: Output, plan: dict) -> None:
     """Write the run plan, or check that an existing one describes the same run."""
-    state = out / STATE_DIR
-    (state / "errors").mkdir(parents=True, exist_ok=True)
-    (state / "tmp").mkdir(exist_ok=True)
-    (out / DATA_DIR).mkdir(exist_ok=True)
-    path = state / "plan.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
+    if out.local is not None:
+        for d in (f"{STATE_DIR}/errors", f"{STATE_DIR}/tmp", DATA_DIR):
+            (out.local / d).mkdir(parents=True, exist_ok=True)
+    text = out.read_text(f"{STATE_DIR}/plan.json")
+    if text is not None:
+        old = json.loads(text)
         diffs = [".".join(k) for k in _PLAN_MUST_MATCH if _get(old, k) != _get(plan, k)]
         if diffs:
             raise InputError(
@@ -204,30 +192,32 @@ def _ensure_plan(out: Path, plan: dict) -> None:
                 "Use a new --out folder, or delete this one to start over"
             )
         return
-    _atomic_write_text(path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
+    out.write_text(f"{STATE_DIR}/plan.json", json.dumps(plan, indent=1, sort_keys=True) + "\n")
 
 
-def _read_plan(out: Path) -> dict:
-    path = Path(out) / STATE_DIR / "plan.json"
-    if not path.is_file():
+def _read_plan(out: Output) -> dict:
+    text = out.read_text(f"{STATE_DIR}/plan.json")
+    if text is None:
         raise InputError(f"{out}: not a tokenize-dataset output folder ({STATE_DIR}/plan.json is missing)")
-    return json.loads(path.read_text())
+    return json.loads(text)
 
 
 # ============================================================================== shard writing
 class _ShardWriter:
-    """Rows of one shard -> a temporary Parquet file, renamed into place by :meth:`commit`."""
+    """Rows of one shard -> a temporary Parquet file, committed into place by :meth:`commit`
+    (a rename on local folders; one verified upload on object stores)."""
 
-    def __init__(self, out: Path, index: int, plan: dict, row_group: int):
+    def __init__(self, out: Output, index: int, plan: dict, row_group: int):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.pa, self.pq = pa, pq
         n = plan["num_shards"]
         self.name = shard_name(index, n)
-        self.final = out / DATA_DIR / self.name
-        self.errors_path = out / STATE_DIR / "errors" / (self.name[: -len(".parquet")] + ".jsonl")
-        self.tmp = out / STATE_DIR / "tmp" / f"{self.name}.{socket.gethostname()}-{os.getpid()}"
+        self.out = out
+        self.final = f"{DATA_DIR}/{self.name}"
+        self.errors_path = f"{STATE_DIR}/errors/{self.name[: -len('.parquet')]}.jsonl"
+        self.tmp = out.tmp_dir() / f"{self.name}.{socket.gethostname()}-{os.getpid()}"
         self.dtype = np.dtype(plan["token_dtype"])
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": index, "num_shards": n,
                 "config_hash": plan["tokenizer"]["config_hash"], "token_dtype": plan["token_dtype"]}
@@ -266,14 +256,11 @@ class _ShardWriter:
         self.rows = []
 
     def commit(self) -> None:
-        """Finish the file, write the shard's error list, then rename the shard into place."""
+        """Finish the file, write the shard's error list, then commit the shard into place."""
         self._flush()
         self.writer.close()
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _atomic_write_text(self.errors_path, "".join(json.dumps(e) + "\n" for e in self.errors))
-        os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        self.out.write_text(self.errors_path, "".join(json.dumps(e) + "\n" for e in self.errors))
+        self.out.commit_file(self.tmp, self.final)
 
     def abort(self) -> None:
         try:
@@ -337,6 +324,25 @@ def _default_workers(local_world: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // max(1, local_world) - 1))
 
 
+def open_source(src: str | os.PathLike, *, image_column: str | None = None, key_column: str | None = None,
+                label_column: str | None = None, split: str | None = None) -> Any:
+    """The work list of ``src``: a :class:`~imagetok.data.tables.TableSource` for Parquet / Hugging
+    Face datasets (or whenever a column is named), a remote work list for other fsspec URLs, else
+    :func:`~imagetok.data.sources.list_source`.
+
+    Raises:
+        InputError: see those functions; columns or a split given for a source that is no table.
+    """
+    from . import tables
+
+    columns = {"image_column": image_column, "key_column": key_column, "label_column": label_column, "split": split}
+    if any(v is not None for v in columns.values()) or tables.looks_like_table(src, IMAGE_EXTENSIONS):
+        return tables.TableSource(src, **columns)
+    if is_url(str(src)) and not str(src).startswith("file://"):
+        return list_remote_worklist(str(src), IMAGE_EXTENSIONS)
+    return list_source(src.split("://", 1)[1] if isinstance(src, str) and src.startswith("file://") else src)
+
+
 def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, shard_size: int) -> dict:
     from .. import __version__
 
@@ -353,6 +359,7 @@ def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, sha
             "config": config_to_dict(tok.config),
             "codebook_sizes": list(tok.codebook_sizes),
             "downsample_factors": list(tok.downsample_factors),
+            "network": {"dtype": str(tok.dtype).replace("torch.", ""), "fast": bool(tok.fast)},
         },
         "preprocessing": {
             "size": size,
@@ -395,6 +402,11 @@ def tokenize_dataset(
     world_size: int | None = None,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    fast: bool = False,
+    image_column: str | None = None,
+    key_column: str | None = None,
+    label_column: str | None = None,
+    split: str | None = None,
 ) -> dict:
     """Tokenize every image under ``src`` into Parquet shards in ``out`` (see the module docstring).
 
@@ -417,6 +429,10 @@ def tokenize_dataset(
             default: torchrun's ``RANK``/``WORLD_SIZE`` environment, else one process.
         progress: show images/s and ETA on stderr (rank 0 only).
         callback: called as ``callback(images_done, images_total)`` after each batch (this rank).
+        fast: the fast path (:attr:`Tokenizer.fast`: bfloat16 network, float32 nearest-code
+            search; tokens do not depend on the batch, but may differ from the exact path's).
+        image_column, key_column, label_column, split: for table sources (Parquet, Hugging Face
+            datasets; see :mod:`imagetok.data.tables`).
 
     Returns:
         A summary dict: ``images`` (in the source), ``processed`` (by this process in this call),
@@ -445,20 +461,25 @@ def tokenize_dataset(
             if device is None:
                 device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
             tok = Tokenizer.from_pretrained(model, device=device, dtype=dtype)
+        if fast:
+            tok.fast = True
         size = tok.default_size if size is _DEFAULT else size
         factor = max(tok.downsample_factors)
         _image.check_size(size, factor)
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        work = list_source(src)
+        out = open_output(out)
+        if out.local is not None:
+            out.local.mkdir(parents=True, exist_ok=True)
+        work = open_source(src, image_column=image_column, key_column=key_column, label_column=label_column, split=split)
         plan = _plan(tok, work, src, size, draft, shard_size)
         _ensure_plan(out, plan)
         n_shards = plan["num_shards"]
         mine = [i for i in range(n_shards) if i % dist.world == dist.rank]
-        todo = [i for i in mine if not (out / DATA_DIR / shard_name(i, n_shards)).exists()]
-        for i in todo:  # leftovers of a killed run
-            for stale in (out / STATE_DIR / "tmp").glob(shard_name(i, n_shards) + ".*"):
-                stale.unlink(missing_ok=True)
+        finished = set(out.listdir(DATA_DIR))
+        todo = [i for i in mine if shard_name(i, n_shards) not in finished]
+        if out.local is not None:  # leftovers of a killed run (object stores: nothing is left, uploads are whole)
+            for i in todo:
+                for stale in (out.local / STATE_DIR / "tmp").glob(shard_name(i, n_shards) + ".*"):
+                    stale.unlink(missing_ok=True)
         sampler = _ShardBatches(todo, shard_size, len(work), batch_size)
         total = sum(hi - lo for lo, hi in map(sampler.bounds, todo))
         n_workers = _default_workers(dist.local_world) if workers is None else workers
@@ -486,13 +507,15 @@ def tokenize_dataset(
             info = merge_dataset(out, quiet=dist.group is None and dist.rank != 0)
         summary["complete"] = info is not None if (dist.rank == 0 or dist.group is None) else None
         if info is not None:
-            summary.update(rows=info["counts"]["rows"], failed=info["counts"]["failed"], info=str(out / INFO_NAME))
+            summary.update(rows=info["counts"]["rows"], failed=info["counts"]["failed"], info=out.url_of(INFO_NAME))
         return summary
     finally:
+        if isinstance(out, Output):
+            out.cleanup()
         dist.close()
 
 
-def _run(tok: Any, work: WorkList, plan: dict, out: Path, sampler: _ShardBatches, size: int | None, factor: int,
+def _run(tok: Any, work: WorkList, plan: dict, out: Output, sampler: _ShardBatches, size: int | None, factor: int,
          draft: bool, n_workers: int, bar: Any, callback: Callable[[int, int], None] | None) -> tuple[int, int]:
     """The loop: loader workers decode ahead while this process encodes and writes shards."""
     if len(sampler) == 0:
@@ -506,13 +529,19 @@ def _run(tok: Any, work: WorkList, plan: dict, out: Path, sampler: _ShardBatches
         worker_init_fn=_worker_init if n_workers else None,
         prefetch_factor=4 if n_workers else None,
     )
-    levels = len(tok.codebook_sizes)
     row_group = min(sampler.shard_size, 1024)
     writer: _ShardWriter | None = None
     remaining = 0
     processed = failed = 0
+    encoder = BatchEncoder(tok)
+
+    def finished(loaded: Any) -> Any:  # the loader's batches, then the encoder's tail
+        for batch in loaded:
+            yield from encoder.submit(batch)
+        yield from encoder.flush()
+
     try:
-        for batch in loader:
+        for batch, encoded in finished(loader):
             shard = batch[0].index // sampler.shard_size
             if writer is None:
                 writer = _ShardWriter(out, shard, plan, row_group)
@@ -522,17 +551,6 @@ def _run(tok: Any, work: WorkList, plan: dict, out: Path, sampler: _ShardBatches
             for it in batch:
                 if it.error is not None:
                     writer.errors.append({"key": it.key, "error": it.error, "shard": shard})
-            by_shape: dict[tuple, list[_Item]] = {}
-            for it in good:
-                by_shape.setdefault(it.pixels.shape, []).append(it)
-            encoded: dict[int, tuple[list[int], np.ndarray]] = {}
-            for group in by_shape.values():
-                tokens = tok.encode_pixels(_image.to_tensor([it.pixels for it in group]))
-                parts = [t.cpu().numpy() for t in (tokens if isinstance(tokens, tuple) else (tokens,))]
-                grid = [d for p in parts for d in p.shape[1:]]
-                for j, it in enumerate(group):
-                    flat = parts[0][j].reshape(-1) if levels == 1 else np.concatenate([p[j].reshape(-1) for p in parts])
-                    encoded[it.index] = (grid, flat)
             for it in batch:  # keep key order inside the shard
                 if it.index in encoded:
                     grid, flat = encoded[it.index]
@@ -573,25 +591,29 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
     require_pyarrow()
     import pyarrow.parquet as pq
 
-    out = Path(out)
+    out = out if isinstance(out, Output) else open_output(out)
     plan = _read_plan(out)
     n, size, total = plan["num_shards"], plan["shard_size"], plan["source"]["items"]
     shards, missing = [], []
     rows = failed = 0
+    finished = set(out.listdir(DATA_DIR))
+    error_texts: dict[str, str] = {}
     for i in range(n):
         name = shard_name(i, n)
-        path = out / DATA_DIR / name
-        if not path.is_file():
+        if name not in finished:
             missing.append(i)
             continue
-        errs_path = out / STATE_DIR / "errors" / (name[: -len(".parquet")] + ".jsonl")
-        if not errs_path.is_file():
-            raise InputError(f"{errs_path} is missing for finished shard {name}; copy {STATE_DIR}/errors/ along with {DATA_DIR}/")
-        n_err = sum(1 for line in errs_path.open(encoding="utf-8") if line.strip())
-        n_rows = pq.ParquetFile(path).metadata.num_rows
+        errs_rel = f"{STATE_DIR}/errors/{name[: -len('.parquet')]}.jsonl"
+        errs = out.read_text(errs_rel)
+        if errs is None:
+            raise InputError(f"{out.url_of(errs_rel)} is missing for finished shard {name}; copy {STATE_DIR}/errors/ along with {DATA_DIR}/")
+        error_texts[name] = errs
+        n_err = sum(1 for line in errs.splitlines() if line.strip())
+        with out.open_read(f"{DATA_DIR}/{name}") as f:
+            n_rows = pq.ParquetFile(f).metadata.num_rows
         expect = min(size, total - i * size)
         if n_rows + n_err != expect:
-            raise InputError(f"{path}: {n_rows} rows + {n_err} errors != {expect} images of this shard; delete it and rerun")
+            raise InputError(f"{out.url_of(DATA_DIR + '/' + name)}: {n_rows} rows + {n_err} errors != {expect} images of this shard; delete it and rerun")
         shards.append({"file": f"{DATA_DIR}/{name}", "index": i, "rows": n_rows, "failed": n_err})
         rows += n_rows
         failed += n_err
@@ -599,14 +621,8 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
         if not quiet:
             log.warning("%s: %d of %d shards not finished yet (e.g. %s); dataset_info.json not written", out, len(missing), n, missing[:5])
         return None
-    tmp = out / f".{ERRORS_NAME}.{socket.gethostname()}-{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for e in plan.get("source_errors", []):
-            f.write(json.dumps({**e, "shard": None}) + "\n")
-        for s in shards:
-            name = Path(s["file"]).name
-            f.write((out / STATE_DIR / "errors" / (name[: -len(".parquet")] + ".jsonl")).read_text(encoding="utf-8"))
-    os.replace(tmp, out / ERRORS_NAME)
+    lines = [json.dumps({**e, "shard": None}) + "\n" for e in plan.get("source_errors", [])]
+    out.write_text(ERRORS_NAME, "".join(lines) + "".join(error_texts[Path(s["file"]).name] for s in shards))
     order = ("format", "format_version", "imagetok_version", "tokenizer", "preprocessing", "token_dtype")
     info = {k: plan[k] for k in order}
     info["columns"] = {
@@ -623,7 +639,7 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
     info["shard_size"] = size
     info["num_shards"] = n
     info["shards"] = shards
-    _atomic_write_text(out / INFO_NAME, json.dumps(info, indent=1) + "\n")
+    out.write_text(INFO_NAME, json.dumps(info, indent=1) + "\n")
     return info
 
 
@@ -651,12 +667,17 @@ class TokenDataset:
 
     def __init__(self, directory: str | os.PathLike, *, rank: int = 0, world_size: int = 1):
         require_pyarrow()
-        self.directory = Path(directory)
-        path = self.directory / INFO_NAME
-        if not path.is_file():
-            hint = " (the run is unfinished: rerun tokenize-dataset, or --merge-only)" if (self.directory / STATE_DIR).is_dir() else ""
-            raise InputError(f"{self.directory}: no {INFO_NAME}{hint}")
-        self.info = json.loads(path.read_text())
+        local = local_path(directory)
+        self.remote = None if local is not None else RemoteRoot(str(directory))
+        self.directory: Any = local if local is not None else self.remote.url
+        path = f"{self.directory}/{INFO_NAME}"
+        try:
+            text = (local / INFO_NAME).read_text() if local is not None else self.remote.cat(INFO_NAME).decode()
+        except FileNotFoundError:
+            unfinished = (local / STATE_DIR).is_dir() if local is not None else self.remote.fs.exists(self.remote.join(f"{STATE_DIR}/plan.json"))
+            hint = " (the run is unfinished: rerun tokenize-dataset, or --merge-only)" if unfinished else ""
+            raise InputError(f"{self.directory}: no {INFO_NAME}{hint}") from None
+        self.info = json.loads(text)
         if self.info.get("format") != FORMAT:
             raise InputError(f"{path}: not an imagetok token dataset (format {self.info.get('format')!r})")
         if self.info.get("format_version") != FORMAT_VERSION:
@@ -668,8 +689,10 @@ class TokenDataset:
         self.downsample_factors = tuple(self.info["tokenizer"]["downsample_factors"])
 
     @property
-    def files(self) -> list[Path]:
-        """The Parquet shard paths, in key order."""
+    def files(self) -> list[Any]:
+        """The Parquet shard paths (URL strings for a dataset at a URL), in key order."""
+        if self.remote is not None:
+            return [self.remote.url_of(s["file"]) for s in self.shards]
         return [self.directory / s["file"] for s in self.shards]
 
     def __len__(self) -> int:
@@ -684,8 +707,8 @@ class TokenDataset:
         import pyarrow.parquet as pq
 
         n_levels = len(self.codebook_sizes)
-        for path in self.files:
-            pf = pq.ParquetFile(path)
+        for s in self.shards:
+            pf = pq.ParquetFile(self.directory / s["file"] if self.remote is None else self.remote.open(s["file"], "rb"))
             for rb in pf.iter_batches(batch_size=batch_rows, columns=["key", "width", "height", "grid", "tokens"]):
                 keys = rb.column(0).to_pylist()
                 widths = rb.column(1).to_numpy()
@@ -754,6 +777,8 @@ def export_memmap(
         raise InputError(f"dtype must be 'uint16' or 'uint32', got {dtype!r}")
     if max_id >= 2 ** (16 if dtype == "uint16" else 32):
         raise InputError(f"ids up to {max_id} do not fit {dtype}; use dtype='uint32'")
+    if out_dir is None and ds.remote is not None:
+        raise InputError(f"{ds.directory}: the dataset is at a URL and the memmap is written locally: pass out_dir")
     out_dir = Path(out_dir) if out_dir is not None else ds.directory / "memmap"
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{socket.gethostname()}-{os.getpid()}.tmp"
