@@ -1,6 +1,7 @@
 """Sources and outputs where the data lives: fsspec URLs on a local S3 server (moto), Parquet image
 tables (as ``datasets`` writes them), dataset folders and ``hf://datasets`` repos (loopback Hub)."""
 
+# ruff: noqa: F811  (pytest fixtures imported from hub_server / s3_server are test-function parameters)
 from __future__ import annotations
 
 import importlib.util

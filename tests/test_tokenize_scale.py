@@ -1,6 +1,7 @@
 """tokenize-dataset where the data lives: S3 in and out with kill + resume, Hugging Face Parquet image
 datasets (local and hf://), --fast, and refusals where a guarantee cannot be kept."""
 
+# ruff: noqa: F811  (pytest fixtures imported from hub_server / s3_server are test-function parameters)
 from __future__ import annotations
 
 import io
@@ -11,7 +12,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -19,12 +19,14 @@ loader workers never share an event loop or a connection pool with their parent.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ import numpy as np
 
 from ..errors import InputError
 from .sources import MAX_TAR_MEMBER_BYTES, WorkList, _Packed
+
+log = logging.getLogger(__name__)
 
 #: protocols whose single-object upload is atomic (the object appears whole, or not at all)
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hf", "memory", "oss", "oci"})
@@ -194,6 +198,15 @@ class Output:
     def cleanup(self) -> None:
         """Remove what :meth:`tmp_dir` made (called when a run ends)."""
 
+    def create_exclusive(self, rel: str, text: str) -> bool:
+        """Create the small file ``rel`` holding ``text`` unless it exists: True if this call
+        created it (of two callers racing, exactly one gets True)."""
+        raise NotImplementedError
+
+    def age(self, rel: str) -> float | None:
+        """Seconds since ``rel`` was last written (None: it does not exist)."""
+        raise NotImplementedError
+
     # shared
     def read_text(self, rel: str) -> str | None:
         data = self.read_bytes(rel)
@@ -247,6 +260,38 @@ class LocalOutput(Output):
     def open_read(self, rel: str) -> Any:
         return open(self.local / rel, "rb")  # noqa: SIM115 (the caller closes it)
 
+    def age(self, rel: str) -> float | None:
+        try:
+            return time.time() - (self.local / rel).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def create_exclusive(self, rel: str, text: str) -> bool:
+        """Written to a temporary file, then hard-linked to ``rel`` (fails if it exists), so the file
+        appears complete; where hard links are missing, ``open(..., "x")``."""
+        path = self.local / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem: exclusive create instead
+                try:
+                    with open(path, "x", encoding="utf-8") as f:
+                        f.write(text)
+                    return True
+                except FileExistsError:
+                    return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def tmp_dir(self) -> Path:
         d = self.local / self._tmp_rel
         d.mkdir(parents=True, exist_ok=True)
@@ -278,6 +323,7 @@ class FsspecOutput(Output):
                 f"local folder or an object store ({', '.join(sorted(p + '://' for p in ('s3', 'gs', 'az', 'hf')))}) and copy it"
             )
         self._tmp: Path | None = None
+        self._warned = False
 
     def url_of(self, rel: str) -> str:
         return self.root.url_of(rel)
@@ -323,6 +369,44 @@ class FsspecOutput(Output):
 
     def open_read(self, rel: str) -> Any:
         return self.root.open(rel, "rb")
+
+    def age(self, rel: str) -> float | None:
+        self._refresh(rel)
+        try:
+            info = self.root.fs.info(self.root.join(rel))
+        except FileNotFoundError:
+            return None
+        when = info.get("LastModified") or info.get("mtime") or info.get("updated")
+        try:
+            return time.time() - (when.timestamp() if hasattr(when, "timestamp") else float(when))
+        except (TypeError, ValueError):
+            return 0.0
+
+    def create_exclusive(self, rel: str, text: str) -> bool:
+        """One conditional upload (S3 ``If-None-Match: *``; ``"xb"`` mode elsewhere). A store that
+        cannot create exclusively gets a check-then-upload, and a warning that two runs starting
+        together are not kept apart there."""
+        target = self.root.join(rel)
+        data = text.encode("utf-8")
+        try:
+            if self.root.protocol in ("s3", "s3a"):
+                self.root.fs.pipe_file(target, data, mode="create")
+            else:
+                with self.root.fs.open(target, "xb") as f:
+                    f.write(data)
+            return True
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError, TypeError):
+            pass
+        if not self._warned:
+            log.warning("%s: %s:// cannot create files exclusively; two runs writing this folder at the same moment "
+                        "are not kept apart (one at a time is safe)", self.display, self.root.protocol)
+            self._warned = True
+        if self.exists(rel):
+            return False
+        self.root.fs.pipe_file(target, data)
+        return True
 
     def tmp_dir(self) -> Path:
         if self._tmp is None:

@@ -35,10 +35,12 @@ and skipped; the summary and exit status report them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from ..errors import ImagetokError, InputError, MissingDependencyError
 from ..llm import LLMBridge
 from .encode import BatchEncoder
 from .remote import Output, RemoteRoot, is_url, list_remote_worklist, local_path, open_output
-from .sources import IMAGE_EXTENSIONS, MAX_TAR_MEMBER_BYTES, WorkList, list_source  # noqa: F401 (used below)
+from .sources import IMAGE_EXTENSIONS, MAX_TAR_MEMBER_BYTES, WorkList, list_source
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ class _Item(NamedTuple):
     error: str | None
 
 
-class _Images(torch.utils.data.Dataset):
-    """Decode + resize one image per ``__getitem__``; runs in DataLoader worker processes.
+class _Images:
+    """Decode + resize one image per ``__getitem__`` (in loader processes).
 
     Uses exactly the preprocessing of :meth:`Tokenizer.preprocess` for a path (read_image with the
     to_rgb_arrays, fit), so the tokens equal ``encode(path)`` (unless ``draft`` is on).
@@ -113,18 +115,30 @@ class _Images(torch.utils.data.Dataset):
             msg = str(e) if isinstance(e, ImagetokError) else f"{type(e).__name__}: {e}"
             return _Item(i, key, 0, 0, None, msg)
 
+    def crashed(self, i: int, reason: str) -> _Item:
+        """The item of an image whose loader process died (killed for memory, a decoder crash)."""
+        return _Item(i, self.work.keys[i], 0, 0, None, reason)
+
     def close(self) -> None:
         for f in self._handles.values():
             f.close()
         self._handles.clear()
 
 
-def _identity(batch: list) -> list:
-    return batch
-
-
-def _worker_init(_: int) -> None:
+def _worker_init() -> None:
     torch.set_num_threads(1)
+
+
+def _load_batches(images: _Images, batches: Iterator[list[int]] | Sequence[list[int]], n_workers: int) -> Iterator[list[_Item]]:
+    """Decoded batches in order: in this process (``n_workers == 0``) or in loader processes that
+    survive bad images and exit with this process (:class:`imagetok.data._loader.Loader`)."""
+    if n_workers == 0:
+        for b in batches:
+            yield [images[i] for i in b]
+        return
+    from ._loader import Loader
+
+    yield from Loader(images.__getitem__, batches, n_workers, images.crashed, init=_worker_init)
 
 
 class _ShardBatches:
@@ -158,8 +172,12 @@ def shard_name(index: int, num_shards: int) -> str:
     return f"train-{index:0{w}d}-of-{num_shards:0{w}d}.parquet"
 
 
+def _tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_tag()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -167,7 +185,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-_PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("tokenizer", "network"), ("preprocessing",), ("token_dtype",), ("source", "fingerprint"), ("source", "items"), ("shard_size",))
+_PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("tokenizer", "weights_sha256"), ("tokenizer", "network"), ("preprocessing",), ("token_dtype",),
+                    ("source", "fingerprint"), ("source", "items"), ("shard_size",), ("labels",))
 
 
 def _get(d: dict, path: Sequence[str]) -> Any:
@@ -177,35 +196,224 @@ def _get(d: dict, path: Sequence[str]) -> Any:
 
 
 def _ensure_plan(out: Output, plan: dict) -> None:
-    """Write the run plan, or check that an existing one describes the same run."""
+    """Create the run plan exclusively, or check that the existing one describes the same run.
+
+    The plan is created with :meth:`Output.create_exclusive` (a hard link of a complete temporary
+    file locally; a conditional upload on S3), so of two runs starting together exactly one creates
+    it and the other compares.
+    """
     if out.local is not None:
-        for d in (f"{STATE_DIR}/errors", f"{STATE_DIR}/tmp", DATA_DIR):
+        for d in (f"{STATE_DIR}/errors", f"{STATE_DIR}/tmp", f"{STATE_DIR}/leases", DATA_DIR):
             (out.local / d).mkdir(parents=True, exist_ok=True)
-    text = out.read_text(f"{STATE_DIR}/plan.json")
-    if text is not None:
-        old = json.loads(text)
-        diffs = [".".join(k) for k in _PLAN_MUST_MATCH if _get(old, k) != _get(plan, k)]
-        if diffs:
-            raise InputError(
-                f"{out} holds (part of) another tokenization: {', '.join(diffs)} differ from this run "
-                f"(was {[_get(old, k) for k in _PLAN_MUST_MATCH if '.'.join(k) in diffs]}). "
-                "Use a new --out folder, or delete this one to start over"
-            )
+    if out.create_exclusive(f"{STATE_DIR}/plan.json", json.dumps(plan, indent=1, sort_keys=True) + "\n"):
         return
-    out.write_text(f"{STATE_DIR}/plan.json", json.dumps(plan, indent=1, sort_keys=True) + "\n")
+    old = _read_plan(out)
+    diffs = [".".join(k) for k in _PLAN_MUST_MATCH if _get(old, k) != _get(plan, k)]
+    if diffs:
+        raise InputError(
+            f"{out} holds (part of) another tokenization: {', '.join(diffs)} differ from this run "
+            f"(was {[_get(old, k) for k in _PLAN_MUST_MATCH if '.'.join(k) in diffs]}). "
+            "Use a new --out folder, or delete this one to start over"
+        )
 
 
 def _read_plan(out: Output) -> dict:
-    text = out.read_text(f"{STATE_DIR}/plan.json")
-    if text is None:
-        raise InputError(f"{out}: not a tokenize-dataset output folder ({STATE_DIR}/plan.json is missing)")
-    return json.loads(text)
+    rel = f"{STATE_DIR}/plan.json"
+    for attempt in range(20):
+        text = out.read_text(rel)
+        if text is None:
+            raise InputError(f"{out}: not a tokenize-dataset output folder ({rel} is missing)")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:  # another run is creating it without hard links: wait a little
+            if attempt == 19:
+                raise InputError(f"{out.url_of(rel)}: not valid JSON ({e}); delete the folder to start over") from None
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+# ===================================================================================== leases
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+class _Lease:
+    """An exclusive claim on one shard of an output folder, so two runs never write one shard.
+
+    ``.imagetok/leases/<shard>.lease`` is created exclusively (:meth:`Output.create_exclusive`) and
+    holds the writer's host and pid; it is removed when the shard is committed or abandoned. A lease left by a killed writer on
+    this host (its pid is gone) is taken over; a live one, or one from another host, is an error
+    that names the pid and host.
+    """
+
+    def __init__(self, out: Output, name: str):
+        self.out, self.name = out, name
+        self.rel = f"{STATE_DIR}/leases/{name[: -len('.parquet')]}.lease"
+        self.path = out.url_of(self.rel)
+        self.held = False
+
+    def owner(self) -> dict | None:
+        """``{"host", "pid", "stale"}`` of the current holder, or None if there is none."""
+        text, age = self.out.read_text(self.rel), self.out.age(self.rel)
+        if text is None or age is None:
+            return None
+        try:
+            d = json.loads(text)
+            host, pid = str(d["host"]), int(d["pid"])
+        except (ValueError, KeyError, TypeError):  # being written right now, or garbage long ago
+            return {"host": "?", "pid": "?", "stale": age > 60}
+        stale = host == socket.gethostname() and (pid == os.getpid() or not _pid_alive(pid))
+        return {"host": host, "pid": pid, "stale": stale}
+
+    def error(self, owner: dict) -> InputError:
+        return InputError(
+            f"{self.out} is in use by pid {owner['pid']} on host {owner['host']} (another tokenize-dataset run is "
+            f"writing {self.name}); wait for it to finish or use another --out. If that process no longer runs, "
+            f"delete {self.path}"
+        )
+
+    def acquire(self) -> None:
+        """Claim the shard. Raises InputError (naming pid and host) if a live run holds it."""
+        for _ in range(5):
+            if not self.out.create_exclusive(self.rel, json.dumps({"host": socket.gethostname(), "pid": os.getpid()})):
+                owner = self.owner()
+                if owner is None:
+                    continue  # released meanwhile
+                if not owner["stale"]:
+                    raise self.error(owner) from None
+                log.warning("%s: taking over the lease of a dead writer (pid %s on %s)", self.name, owner["pid"], owner["host"])
+                self.out.remove(self.rel)
+                continue
+            self.held = True
+            return
+        raise InputError(f"{self.path}: could not claim the shard (other runs keep taking it); use another --out")
+
+    def release(self) -> None:
+        if self.held:
+            self.out.remove(self.rel)
+            self.held = False
+
+
+# ==================================================================================== labels
+def _read_label_file(path: Path) -> dict[str, Any]:
+    """``path -> label`` from a CSV (header ``path,label``) or a JSON object."""
+    import csv
+
+    if not path.is_file():
+        raise InputError(f"--labels {path}: no such file (use 'folder' for class subfolders, or a .csv/.json file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--labels {path}: not a UTF-8 text file") from None
+    if path.suffix.lower() == ".json":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--labels {path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise InputError(f"--labels {path}: expected a JSON object {{path: label}}, got {type(d).__name__}")
+        return d
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["path", "label"]:
+        raise InputError(f"--labels {path}: a CSV file needs the header 'path,label' (or use a JSON object path -> label)")
+    out = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise InputError(f"--labels {path}, line {n}: expected 2 columns (path,label), got {len(row)}")
+        out[row[0].strip()] = row[1].strip()
+    return out
+
+
+def _label_values(values: list[Any], where: str) -> tuple[np.ndarray, list[str] | None]:
+    """Integer labels as given (ids >= 0; no class names), or names -> ids in sorted name order."""
+    def as_int(v: Any) -> int | None:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, int):
+            return v
+        if isinstance(v, str) and re.fullmatch(r"\d+", v):
+            return int(v)
+        return None
+
+    ints = [as_int(v) for v in values]
+    if all(i is not None for i in ints):
+        return np.asarray(ints, dtype=np.int64), None
+    bad = [v for v in values if not (isinstance(v, str) and v.strip()) and as_int(v) is None]
+    if bad:
+        raise InputError(f"{where}: labels must be non-negative ints or non-empty class names, got {bad[:3]}")
+    if any(i is not None for i in ints):
+        mixed = [v for v, i in zip(values, ints) if i is not None][:3]
+        raise InputError(f"{where}: labels mix class names and numbers (e.g. {mixed}); use one kind")
+    classes = sorted(set(values))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index[v] for v in values], dtype=np.int64), classes
+
+
+def _labels(work: WorkList, spec: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """The label of every key (int64 ``[len(work)]``) and the plan's ``labels`` block.
+
+    ``spec`` is ``"folder"`` (ImageFolder layout: the first folder of each key is its class) or a
+    CSV/JSON file mapping paths to labels (keys as in the dataset, or paths relative to the label
+    file's folder, or absolute paths).
+    """
+    keys = [work.keys[i] for i in range(len(work))]
+    if str(spec) == "folder":
+        if work.kind != "folder":
+            raise InputError(f"--labels folder needs a folder source laid out as SRC/<class>/<image>, got a {work.kind} source")
+        flat = [k for k in keys if "/" not in k]
+        if flat:
+            raise InputError(f"--labels folder: {len(flat)} image(s) are not inside a class folder (SRC/<class>/<image>), e.g. {flat[:3]}")
+        labels, classes = _label_values([k.split("/", 1)[0] for k in keys], "--labels folder")
+        return labels, {"source": "folder", "classes": classes, "digest": _digest(labels)}
+    path = Path(spec)
+    table = _read_label_file(path)
+    base = path.resolve().parent
+    norm = {os.path.normpath(k): v for k, v in table.items()}
+    norm.update({os.path.normpath(os.path.join(base, k)): v for k, v in table.items()})
+    values, missing = [], []
+    for k in keys:
+        v = norm.get(os.path.normpath(k), norm.get(os.path.normpath(str(work.root / k)), _MISSING))
+        if v is _MISSING:
+            missing.append(k)
+        values.append(v)
+    if missing:
+        raise InputError(f"--labels {path}: no label for {len(missing)} of {len(keys)} image(s), e.g. {missing[:3]}")
+    labels, classes = _label_values(values, f"--labels {path}")
+    if labels.min() < 0:
+        raise InputError(f"--labels {path}: labels must be >= 0, got {int(labels.min())}")
+    return labels, {"source": str(path), "classes": classes, "digest": _digest(labels)}
+
+
+_MISSING: Any = object()
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:32]
 
 
 # ============================================================================== shard writing
+def _shard_meta(plan: dict, index: int) -> dict:
+    """What each shard records of the run (in its Parquet schema's ``imagetok`` metadata)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": index, "num_shards": plan["num_shards"],
+            "config_hash": plan["tokenizer"]["config_hash"], "weights_sha256": plan["tokenizer"].get("weights_sha256"),
+            "token_dtype": plan["token_dtype"], "labels": (plan.get("labels") or {}).get("digest")}
+
+
 class _ShardWriter:
-    """Rows of one shard -> a temporary Parquet file, committed into place by :meth:`commit`
-    (a rename on local folders; one verified upload on object stores)."""
+    """Rows of one shard -> a temporary Parquet file, committed into place by :meth:`commit` (a rename
+    on local folders; one verified upload on object stores).
+
+    The shard's lease is taken first (so no other run writes it), then temporary files of dead
+    writers of this shard are removed.
+    """
 
     def __init__(self, out: Output, index: int, plan: dict, row_group: int):
         import pyarrow as pa
@@ -214,26 +422,29 @@ class _ShardWriter:
         self.pa, self.pq = pa, pq
         n = plan["num_shards"]
         self.name = shard_name(index, n)
+        self.lease = _Lease(out, self.name)
+        self.lease.acquire()
+        for stale in out.tmp_dir().glob(self.name + ".*"):  # leftovers of a killed writer
+            stale.unlink(missing_ok=True)
         self.out = out
         self.final = f"{DATA_DIR}/{self.name}"
         self.errors_path = f"{STATE_DIR}/errors/{self.name[: -len('.parquet')]}.jsonl"
-        self.tmp = out.tmp_dir() / f"{self.name}.{socket.gethostname()}-{os.getpid()}"
+        self.tmp = out.tmp_dir() / f"{self.name}.{_tag()}"
         self.dtype = np.dtype(plan["token_dtype"])
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": index, "num_shards": n,
-                "config_hash": plan["tokenizer"]["config_hash"], "token_dtype": plan["token_dtype"]}
-        self.schema = pa.schema(
-            [("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-             ("grid", pa.list_(pa.int32())), ("tokens", pa.list_(pa.from_numpy_dtype(self.dtype)))],
-            metadata={"imagetok": json.dumps(meta)},
-        )
+        self.labelled = plan.get("labels") is not None
+        fields = [("key", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+                  ("grid", pa.list_(pa.int32())), ("tokens", pa.list_(pa.from_numpy_dtype(self.dtype)))]
+        if self.labelled:
+            fields.append(("label", pa.int64()))
+        self.schema = pa.schema(fields, metadata={"imagetok": json.dumps(_shard_meta(plan, index))})
         self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
         self.row_group = row_group
-        self.rows: list[tuple[str, int, int, list[int], np.ndarray]] = []
+        self.rows: list[tuple] = []
         self.errors: list[dict] = []
         self.count = 0
 
-    def add(self, key: str, width: int, height: int, grid: list[int], tokens: np.ndarray) -> None:
-        self.rows.append((key, width, height, grid, tokens))
+    def add(self, key: str, width: int, height: int, grid: list[int], tokens: np.ndarray, label: int | None = None) -> None:
+        self.rows.append((key, width, height, grid, tokens, label))
         if len(self.rows) >= self.row_group:
             self._flush()
 
@@ -241,26 +452,28 @@ class _ShardWriter:
         if not self.rows:
             return
         pa = self.pa
-        keys, widths, heights, grids, toks = zip(*self.rows)
+        keys, widths, heights, grids, toks, labels = zip(*self.rows)
         lens = np.fromiter((t.size for t in toks), dtype=np.int32, count=len(toks))
         offsets = np.zeros(len(toks) + 1, dtype=np.int32)
         np.cumsum(lens, out=offsets[1:])
         tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(toks).astype(self.dtype, copy=False)))
-        table = pa.Table.from_arrays(
-            [pa.array(keys, pa.string()), pa.array(widths, pa.int32()), pa.array(heights, pa.int32()),
-             pa.array(grids, pa.list_(pa.int32())), tokens],
-            schema=self.schema,
-        )
-        self.writer.write_table(table)
+        cols = [pa.array(keys, pa.string()), pa.array(widths, pa.int32()), pa.array(heights, pa.int32()),
+                pa.array(grids, pa.list_(pa.int32())), tokens]
+        if self.labelled:
+            cols.append(pa.array(labels, pa.int64()))
+        self.writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
         self.count += len(self.rows)
         self.rows = []
 
     def commit(self) -> None:
-        """Finish the file, write the shard's error list, then commit the shard into place."""
-        self._flush()
-        self.writer.close()
-        self.out.write_text(self.errors_path, "".join(json.dumps(e) + "\n" for e in self.errors))
-        self.out.commit_file(self.tmp, self.final)
+        """Finish the file, write the shard's error list, then rename the shard into place."""
+        try:
+            self._flush()
+            self.writer.close()
+            self.out.write_text(self.errors_path, "".join(json.dumps(e) + "\n" for e in self.errors))
+            self.out.commit_file(self.tmp, self.final)  # a rename locally; one verified upload on object stores
+        finally:
+            self.lease.release()
 
     def abort(self) -> None:
         try:
@@ -268,6 +481,7 @@ class _ShardWriter:
         except Exception:  # already broken: the file is deleted anyway
             pass
         self.tmp.unlink(missing_ok=True)
+        self.lease.release()
 
 
 # ============================================================================ distributed setup
@@ -325,37 +539,57 @@ def _default_workers(local_world: int) -> int:
 
 
 def open_source(src: str | os.PathLike, *, image_column: str | None = None, key_column: str | None = None,
-                label_column: str | None = None, split: str | None = None) -> Any:
+                label_column: str | None = None, split: str | None = None,
+                max_member_bytes: int = MAX_TAR_MEMBER_BYTES) -> Any:
     """The work list of ``src``: a :class:`~imagetok.data.tables.TableSource` for Parquet / Hugging
-    Face datasets (or whenever a column is named), a remote work list for other fsspec URLs, else
-    :func:`~imagetok.data.sources.list_source`.
+    Face datasets (or whenever a column or split is named), a remote work list for other fsspec
+    URLs, else :func:`~imagetok.data.sources.list_source`.
 
     Raises:
-        InputError: see those functions; columns or a split given for a source that is no table.
+        InputError: see those functions.
     """
     from . import tables
 
     columns = {"image_column": image_column, "key_column": key_column, "label_column": label_column, "split": split}
     if any(v is not None for v in columns.values()) or tables.looks_like_table(src, IMAGE_EXTENSIONS):
         return tables.TableSource(src, **columns)
-    if is_url(str(src)) and not str(src).startswith("file://"):
-        return list_remote_worklist(str(src), IMAGE_EXTENSIONS)
-    return list_source(src.split("://", 1)[1] if isinstance(src, str) and src.startswith("file://") else src)
+    if is_url(str(src)) and local_path(str(src)) is None:
+        return list_remote_worklist(str(src), IMAGE_EXTENSIONS, max_member_bytes)
+    return list_source(local_path(src), max_member_bytes=max_member_bytes)
 
 
-def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, shard_size: int) -> dict:
+def _column_labels(work: Any) -> tuple[np.ndarray, dict]:
+    """The labels of a table source's ``label_column`` and the plan's ``labels`` block."""
+    where = f"--label-column {work.label_column}"
+    if work.label_names is not None:  # a datasets ClassLabel: ids index its names
+        ids = np.asarray([-1 if v is None else v for v in work.labels], dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= len(work.label_names):
+            raise InputError(f"{where}: class ids must be in [0, {len(work.label_names)}), got {int(ids.min())}..{int(ids.max())}")
+        classes = work.label_names
+    else:
+        ids, classes = _label_values(list(work.labels), where)
+        if ids.min() < 0:
+            raise InputError(f"{where}: labels must be >= 0, got {int(ids.min())}")
+    return ids, {"source": f"column:{work.label_column}", "classes": classes, "digest": _digest(ids)}
+
+
+def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, shard_size: int, labels: dict | None) -> dict:
     from .. import __version__
 
     factor = max(tok.downsample_factors)
+    prov = tok.provenance
+    if prov["config_hash"] != config_hash(tok.config):
+        raise InputError(f"the tokenizer's provenance config hash {prov['config_hash']} does not match its config")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "imagetok_version": __version__,
         "tokenizer": {
-            "name": tok.name,
-            "revision": getattr(tok, "revision", None),
+            "name": prov["name"],
+            "revision": prov["revision"],
+            "weights_sha256": prov["weights_sha256"],
             "family": tok.config.family,
-            "config_hash": config_hash(tok.config),
+            "config_hash": prov["config_hash"],
             "config": config_to_dict(tok.config),
             "codebook_sizes": list(tok.codebook_sizes),
             "downsample_factors": list(tok.downsample_factors),
@@ -381,6 +615,7 @@ def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, sha
             "duplicate_keys": work.duplicates,
         },
         "source_errors": work.source_errors,
+        "labels": labels,
         "shard_size": shard_size,
         "num_shards": math.ceil(len(work) / shard_size),
     }
@@ -402,6 +637,8 @@ def tokenize_dataset(
     world_size: int | None = None,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    labels: str | os.PathLike | None = None,
+    max_member_bytes: int = MAX_TAR_MEMBER_BYTES,
     fast: bool = False,
     image_column: str | None = None,
     key_column: str | None = None,
@@ -418,7 +655,9 @@ def tokenize_dataset(
         size: resize+crop side (default: the model's ``resolution``; None keeps each image's size,
             cropped to a multiple of the downsampling factor).
         batch_size: images per forward pass.
-        workers: loader processes (0: load in this process; default: about one per spare core).
+        workers: loader processes (0: load in this process; default: about one per spare core). A
+            loader process that dies (killed for memory, a decoder crash) fails only its image, which
+            goes to ``errors.jsonl``; loader processes exit when this process dies.
         shard_size: images per Parquet shard; fixed for the life of an output folder.
         draft: decode JPEGs at least 2x larger than ``size`` at reduced size (PIL draft): faster
             loading, but pixels (and so some tokens) differ from ``Tokenizer.encode(path)``, which
@@ -429,10 +668,18 @@ def tokenize_dataset(
             default: torchrun's ``RANK``/``WORLD_SIZE`` environment, else one process.
         progress: show images/s and ETA on stderr (rank 0 only).
         callback: called as ``callback(images_done, images_total)`` after each batch (this rank).
+        labels: ``"folder"``: each image's class is its first folder under ``src`` (ImageFolder
+            layout ``src/<class>/<image>``; class ids index the sorted class names, stored in
+            ``dataset_info.json`` under ``"classes"``); or a ``.csv`` (header ``path,label``) or
+            ``.json`` (``{path: label}``) file; labels are class names or ids >= 0. Adds an int64
+            ``label`` column. A missing or invalid label is an error before any work.
+        max_member_bytes: tar members larger than this fail (listed in ``errors.jsonl``) instead of
+            being read into memory.
         fast: the fast path (:attr:`Tokenizer.fast`: bfloat16 network, float32 nearest-code
             search; tokens do not depend on the batch, but may differ from the exact path's).
         image_column, key_column, label_column, split: for table sources (Parquet, Hugging Face
-            datasets; see :mod:`imagetok.data.tables`).
+            datasets; see :mod:`imagetok.data.tables`); ``label_column`` adds the ``label`` column
+            like ``labels``.
 
     Returns:
         A summary dict: ``images`` (in the source), ``processed`` (by this process in this call),
@@ -440,7 +687,8 @@ def tokenize_dataset(
         ``rows`` / ``failed`` (whole dataset, when complete), ``seconds``, ``images_per_s``, ``info``.
 
     Raises:
-        InputError: unusable source, invalid sizes, or ``out`` holds a different tokenization.
+        InputError: unusable source, invalid sizes or labels, ``out`` holds a different
+            tokenization, or another live run is writing a shard this run needs.
         MissingDependencyError: pyarrow is not installed.
     """
     from ..tokenizer import Tokenizer
@@ -466,27 +714,35 @@ def tokenize_dataset(
         size = tok.default_size if size is _DEFAULT else size
         factor = max(tok.downsample_factors)
         _image.check_size(size, factor)
+        if labels is not None and label_column is not None:
+            raise InputError("pass labels or label_column (--labels or --label-column), not both")
         out = open_output(out)
         if out.local is not None:
             out.local.mkdir(parents=True, exist_ok=True)
-        work = open_source(src, image_column=image_column, key_column=key_column, label_column=label_column, split=split)
-        plan = _plan(tok, work, src, size, draft, shard_size)
+        work = open_source(src, image_column=image_column, key_column=key_column, label_column=label_column,
+                           split=split, max_member_bytes=max_member_bytes)
+        if label_column is not None:
+            label_ids, label_info = _column_labels(work)
+        else:
+            label_ids, label_info = _labels(work, labels) if labels is not None else (None, None)
+        plan = _plan(tok, work, src, size, draft, shard_size, label_info)
         _ensure_plan(out, plan)
         n_shards = plan["num_shards"]
         mine = [i for i in range(n_shards) if i % dist.world == dist.rank]
         finished = set(out.listdir(DATA_DIR))
         todo = [i for i in mine if shard_name(i, n_shards) not in finished]
-        if out.local is not None:  # leftovers of a killed run (object stores: nothing is left, uploads are whole)
-            for i in todo:
-                for stale in (out.local / STATE_DIR / "tmp").glob(shard_name(i, n_shards) + ".*"):
-                    stale.unlink(missing_ok=True)
+        for i in todo:  # fail at once, not mid-run, when another live run is writing our shards
+            lease = _Lease(out, shard_name(i, n_shards))
+            owner = lease.owner()
+            if owner is not None and not owner["stale"]:
+                raise lease.error(owner)
         sampler = _ShardBatches(todo, shard_size, len(work), batch_size)
         total = sum(hi - lo for lo, hi in map(sampler.bounds, todo))
         n_workers = _default_workers(dist.local_world) if workers is None else workers
         desc = "tokenize" if dist.world == 1 else f"tokenize (rank {dist.rank}/{dist.world})"
         bar = _progress_bar(total, progress and dist.rank == 0, desc)
         try:
-            processed, failed = _run(tok, work, plan, out, sampler, size, factor, draft, n_workers, bar, callback)
+            processed, failed = _run(tok, work, plan, out, sampler, size, factor, draft, n_workers, bar, callback, label_ids)
         finally:
             bar.close()
         seconds = time.monotonic() - t_start
@@ -516,32 +772,26 @@ def tokenize_dataset(
 
 
 def _run(tok: Any, work: WorkList, plan: dict, out: Output, sampler: _ShardBatches, size: int | None, factor: int,
-         draft: bool, n_workers: int, bar: Any, callback: Callable[[int, int], None] | None) -> tuple[int, int]:
+         draft: bool, n_workers: int, bar: Any, callback: Callable[[int, int], None] | None,
+         label_ids: np.ndarray | None) -> tuple[int, int]:
     """The loop: loader workers decode ahead while this process encodes and writes shards."""
     if len(sampler) == 0:
         return 0, 0
     images = _Images(work, size, factor, draft)
-    loader = torch.utils.data.DataLoader(
-        images,
-        batch_sampler=sampler,
-        num_workers=n_workers,
-        collate_fn=_identity,
-        worker_init_fn=_worker_init if n_workers else None,
-        prefetch_factor=4 if n_workers else None,
-    )
+    loader = _load_batches(images, sampler, n_workers)
     row_group = min(sampler.shard_size, 1024)
     writer: _ShardWriter | None = None
     remaining = 0
     processed = failed = 0
     encoder = BatchEncoder(tok)
 
-    def finished(loaded: Any) -> Any:  # the loader's batches, then the encoder's tail
-        for batch in loaded:
+    def finished() -> Iterator[tuple[list[_Item], dict]]:  # encoded batches in order (on CUDA one batch late)
+        for batch in loader:
             yield from encoder.submit(batch)
         yield from encoder.flush()
 
     try:
-        for batch, encoded in finished(loader):
+        for batch, encoded in finished():
             shard = batch[0].index // sampler.shard_size
             if writer is None:
                 writer = _ShardWriter(out, shard, plan, row_group)
@@ -554,7 +804,7 @@ def _run(tok: Any, work: WorkList, plan: dict, out: Output, sampler: _ShardBatch
             for it in batch:  # keep key order inside the shard
                 if it.index in encoded:
                     grid, flat = encoded[it.index]
-                    writer.add(it.key, it.width, it.height, grid, flat)
+                    writer.add(it.key, it.width, it.height, grid, flat, None if label_ids is None else int(label_ids[it.index]))
             n_bad = len(batch) - len(good)
             processed += len(batch)
             failed += n_bad
@@ -570,11 +820,30 @@ def _run(tok: Any, work: WorkList, plan: dict, out: Output, sampler: _ShardBatch
     finally:
         if writer is not None:
             writer.abort()
+        loader.close()  # stops the loader processes
         images.close()
     return processed, failed
 
 
 # ============================================================================== merge / info
+_SHARD_CHECKS = {"config_hash": "model (config hash)", "weights_sha256": "model weights (sha256)", "labels": "labels",
+                 "token_dtype": "token dtype", "shard": "shard index", "num_shards": "number of shards", "format": "format"}
+
+
+def _check_shard(path: Any, metadata: dict | None, expect: dict) -> None:
+    """Refuse a shard whose recorded run differs from the plan (another model, labels or layout)."""
+    try:
+        got = json.loads((metadata or {})[b"imagetok"])
+    except (KeyError, ValueError):
+        raise InputError(f"{path}: not an imagetok token shard (no imagetok metadata); delete it and rerun") from None
+    for k, what in _SHARD_CHECKS.items():
+        if got.get(k) != expect.get(k):
+            raise InputError(
+                f"{path} was written with another {what}: {got.get(k)!r}, but this dataset's plan has {expect.get(k)!r}; "
+                "refusing to mix models or runs in one dataset. Delete that shard and rerun"
+            )
+
+
 def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None:
     """Write ``dataset_info.json`` and ``errors.jsonl`` from the finished shards in ``out``.
 
@@ -585,8 +854,9 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
         The info dict, or None when some shards are still missing (nothing is written then).
 
     Raises:
-        InputError: ``out`` is not a tokenize-dataset folder, or a shard's rows and errors do not
-            add up to its images (a damaged or foreign file).
+        InputError: ``out`` is not a tokenize-dataset folder; a shard was made by another model
+            (config hash or weights sha256), with other labels, or for another shard layout; or a
+            shard's rows and errors do not add up to its images (a damaged or foreign file).
     """
     require_pyarrow()
     import pyarrow.parquet as pq
@@ -600,20 +870,22 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
     error_texts: dict[str, str] = {}
     for i in range(n):
         name = shard_name(i, n)
+        path = out.url_of(f"{DATA_DIR}/{name}")
         if name not in finished:
             missing.append(i)
             continue
         errs_rel = f"{STATE_DIR}/errors/{name[: -len('.parquet')]}.jsonl"
-        errs = out.read_text(errs_rel)
+        errs = error_texts[name] = out.read_text(errs_rel)
         if errs is None:
             raise InputError(f"{out.url_of(errs_rel)} is missing for finished shard {name}; copy {STATE_DIR}/errors/ along with {DATA_DIR}/")
-        error_texts[name] = errs
         n_err = sum(1 for line in errs.splitlines() if line.strip())
         with out.open_read(f"{DATA_DIR}/{name}") as f:
-            n_rows = pq.ParquetFile(f).metadata.num_rows
+            pf = pq.ParquetFile(f)
+            _check_shard(path, pf.schema_arrow.metadata, _shard_meta(plan, i))
+            n_rows = pf.metadata.num_rows
         expect = min(size, total - i * size)
         if n_rows + n_err != expect:
-            raise InputError(f"{out.url_of(DATA_DIR + '/' + name)}: {n_rows} rows + {n_err} errors != {expect} images of this shard; delete it and rerun")
+            raise InputError(f"{path}: {n_rows} rows + {n_err} errors != {expect} images of this shard; delete it and rerun")
         shards.append({"file": f"{DATA_DIR}/{name}", "index": i, "rows": n_rows, "failed": n_err})
         rows += n_rows
         failed += n_err
@@ -632,6 +904,10 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
         "grid": "list<int32>: [h, w] of each level's token grid, coarse to fine",
         "tokens": f"list<{plan['token_dtype']}>: codes in raster order, levels concatenated coarse to fine",
     }
+    if plan.get("labels") is not None:
+        info["columns"]["label"] = "int64: the image's class id (an index into classes, when classes are named)"
+        info["labels"] = {"source": plan["labels"]["source"], "num_classes": len(plan["labels"]["classes"] or []) or None}
+        info["classes"] = plan["labels"]["classes"]
     info["source"] = plan["source"]
     info["counts"] = {"images": total, "rows": rows, "failed": failed, "source_errors": len(plan.get("source_errors", []))}
     info["data_files"] = f"{DATA_DIR}/*.parquet"
@@ -645,19 +921,40 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
 
 # ==================================================================================== reading
 class TokenRecord(NamedTuple):
-    """One row of a token dataset: ``tokens`` is int64 ``[h, w]`` (a tuple of grids for VQ-VAE-2)."""
+    """One row of a token dataset: ``tokens`` is int64 ``[h, w]`` (a tuple of grids for VQ-VAE-2);
+    ``label`` is the class id of a dataset made with ``labels=`` (else None)."""
 
     key: str
     width: int
     height: int
     tokens: Any
+    label: int | None = None
+
+
+def tokens_from_row(row: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A row's flat ``tokens`` and ``grid`` -> int64 ``[h, w]`` (a tuple of grids for VQ-VAE-2).
+
+    ``row`` is anything with ``row["grid"]`` and ``row["tokens"]``: a dict from
+    ``datasets.load_dataset("parquet", ...)``, a pandas row, or ``pyarrow`` ``to_pylist()`` output.
+
+    Raises:
+        InputError: the grid does not describe the number of tokens.
+    """
+    grid = [int(v) for v in np.asarray(row["grid"]).reshape(-1)]
+    flat = torch.from_numpy(np.asarray(row["tokens"]).astype(np.int64, copy=False).reshape(-1))
+    if len(grid) % 2 or not grid or sum(h * w for h, w in zip(grid[::2], grid[1::2])) != flat.numel():
+        raise InputError(f"grid {grid} does not describe {flat.numel()} tokens")
+    parts = list(torch.split(flat, [h * w for h, w in zip(grid[::2], grid[1::2])]))
+    parts = [p.reshape(h, w) for p, h, w in zip(parts, grid[::2], grid[1::2])]
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 class TokenDataset:
     """Read a tokenized dataset: rows as token grids or as LLM id sequences.
 
     Args:
-        directory: a :func:`tokenize_dataset` output folder (with ``dataset_info.json``).
+        directory: a :func:`tokenize_dataset` output folder (with ``dataset_info.json``), local or
+            at an fsspec URL (``s3://bucket/tokens``; read through fsspec).
         rank, world_size: read only shards ``i % world_size == rank`` (one part per training process).
 
     Files are streamed one row group at a time, so memory does not grow with the dataset. The
@@ -687,6 +984,7 @@ class TokenDataset:
         self.shards = [s for s in self.info["shards"] if s["index"] % world_size == rank]
         self.codebook_sizes = tuple(self.info["tokenizer"]["codebook_sizes"])
         self.downsample_factors = tuple(self.info["tokenizer"]["downsample_factors"])
+        self.classes: list[str] | None = self.info.get("classes")  # class names of a labelled dataset (index = label id)
 
     @property
     def files(self) -> list[Any]:
@@ -703,32 +1001,27 @@ class TokenDataset:
         return LLMBridge(self.codebook_sizes, self.downsample_factors, offset=offset, boi=boi, eoi=eoi, eor=eor)
 
     def iter_rows(self, batch_rows: int = 1024) -> Iterator[TokenRecord]:
-        """Yield :class:`TokenRecord` per image, in key order."""
-        import pyarrow.parquet as pq
+        """Yield :class:`TokenRecord` per image, in key order (read by ``pyarrow.dataset`` in record batches)."""
+        import pyarrow.dataset as pads
 
-        n_levels = len(self.codebook_sizes)
-        for s in self.shards:
-            pf = pq.ParquetFile(self.directory / s["file"] if self.remote is None else self.remote.open(s["file"], "rb"))
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=["key", "width", "height", "grid", "tokens"]):
-                keys = rb.column(0).to_pylist()
-                widths = rb.column(1).to_numpy()
-                heights = rb.column(2).to_numpy()
-                grids, toks = rb.column(3), rb.column(4)
-                g_off, g_val = grids.offsets.to_numpy(), grids.values.to_numpy()
-                t_off, t_val = toks.offsets.to_numpy(), toks.values.to_numpy()
-                for j, key in enumerate(keys):
-                    grid = g_val[g_off[j] : g_off[j + 1]]
-                    flat = torch.from_numpy(t_val[t_off[j] : t_off[j + 1]].astype(np.int64))
-                    if n_levels == 1:
-                        tokens = flat.reshape(int(grid[0]), int(grid[1]))
-                    else:
-                        parts, pos = [], 0
-                        for lv in range(n_levels):
-                            h, w = int(grid[2 * lv]), int(grid[2 * lv + 1])
-                            parts.append(flat[pos : pos + h * w].reshape(h, w))
-                            pos += h * w
-                        tokens = tuple(parts)
-                    yield TokenRecord(key, int(widths[j]), int(heights[j]), tokens)
+        if not self.files:
+            return
+        columns = ["key", "width", "height", "grid", "tokens"] + (["label"] if "labels" in self.info else [])
+        if self.remote is None:
+            dataset = pads.dataset([str(p) for p in self.files], format="parquet")
+        else:
+            dataset = pads.dataset([self.remote.join(s["file"]) for s in self.shards], format="parquet", filesystem=self.remote.fs)
+        scanner = dataset.scanner(columns=columns, batch_size=batch_rows)
+        for rb in scanner.to_batches():
+            keys = rb.column("key").to_pylist()
+            widths, heights = rb.column("width").to_numpy(), rb.column("height").to_numpy()
+            grids, toks = rb.column("grid"), rb.column("tokens")
+            g_off, g_val = grids.offsets.to_numpy(), grids.values.to_numpy()
+            t_off, t_val = toks.offsets.to_numpy(), toks.values.to_numpy()
+            labels = rb.column("label").to_numpy() if "label" in columns else None
+            for j, key in enumerate(keys):
+                tokens = tokens_from_row({"grid": g_val[g_off[j] : g_off[j + 1]], "tokens": t_val[t_off[j] : t_off[j + 1]]})
+                yield TokenRecord(key, int(widths[j]), int(heights[j]), tokens, None if labels is None else int(labels[j]))
 
     def __iter__(self) -> Iterator[TokenRecord]:
         return self.iter_rows()

@@ -1,0 +1,187 @@
+"""Ordered parallel loading in worker processes that survive bad images and never outlive the run.
+
+:class:`Loader` maps ``fn(i)`` over batches of indices in worker processes and yields the results
+batch by batch, in order. Unlike ``torch.utils.data.DataLoader``:
+
+- a worker that dies (killed for memory by the OOM killer, a crash in a native decoder) fails only
+  the item it was working on: that item's result becomes ``on_crash(i, reason)`` and a fresh worker
+  takes over the rest;
+- workers exit when the parent dies, however it dies (SIGKILL included): on Linux the kernel sends
+  them SIGKILL (``prctl(PR_SET_PDEATHSIG)``), a watchdog thread checks the parent's pid every
+  second, and an idle worker sees its pipe close.
+
+Memory is bounded: at most ``window`` items are in flight or waiting to be yielded.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+from multiprocessing.connection import wait
+from typing import Any, Callable, Iterable, Iterator
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this process exit when ``parent`` exits (Linux: PDEATHSIG; everywhere: a watchdog thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below still works
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            threading.Event().wait(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="imagetok-parent-watchdog").start()
+
+
+def _worker(fn: Callable[[int], Any], conn: Any, parent: int, init: Callable[[], None] | None) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if init is not None:
+        init()
+    while True:
+        try:
+            i = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            os._exit(0)
+        if i is None:
+            os._exit(0)
+        conn.send((i, fn(i)))
+
+
+def _reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else str(-exitcode)
+        hint = " (killed: out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"the loader process died on this image with signal {name}{hint}"
+    return f"the loader process died on this image (exit status {exitcode})"
+
+
+class Loader:
+    """Yield ``[fn(i) for i in batch]`` for each batch of ``batches``, in order, using ``workers`` processes.
+
+    Args:
+        fn: the per-item function (runs in the workers; with the ``fork`` start method it need not
+            be picklable).
+        batches: lists of indices.
+        workers: number of processes (>= 1).
+        on_crash: ``on_crash(i, reason)`` gives the result for an item whose worker died.
+        window: items in flight or buffered at most (default ``max(4 * workers, 2 * batch)``).
+        init: called once in each worker.
+    """
+
+    def __init__(self, fn: Callable[[int], Any], batches: Iterable[list[int]], workers: int,
+                 on_crash: Callable[[int, str], Any], *, window: int | None = None, init: Callable[[], None] | None = None):
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.fn, self.batches, self.workers, self.on_crash, self.init = fn, batches, workers, on_crash, init
+        self.window = window
+        methods = mp.get_all_start_methods()
+        self.ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self.procs: list[Any] = []
+        self.crashes = 0
+
+    # ------------------------------------------------------------------------------ workers
+    def _start(self) -> dict:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        p = self.ctx.Process(target=_worker, args=(self.fn, child_conn, os.getpid(), self.init), daemon=True,
+                             name="imagetok-loader")
+        p.start()
+        child_conn.close()
+        w = {"proc": p, "conn": parent_conn, "todo": collections.deque()}
+        self.procs.append(w)
+        return w
+
+    def _stop(self, w: dict) -> None:
+        try:
+            w["conn"].send(None)
+        except (OSError, ValueError):
+            pass
+        w["conn"].close()
+        w["proc"].join(timeout=5)
+        if w["proc"].is_alive():
+            w["proc"].kill()
+            w["proc"].join()
+
+    def close(self) -> None:
+        for w in self.procs:
+            self._stop(w)
+        self.procs = []
+
+    # ---------------------------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[list[Any]]:
+        batches = iter(self.batches)
+        pending: collections.deque[list[int]] = collections.deque()  # batches issued, not yet yielded
+        queue: collections.deque[int] = collections.deque()  # indices to (re)issue, in order
+        results: dict[int, Any] = {}
+        workers = [self._start() for _ in range(self.workers)]
+        in_flight = 0
+        exhausted = False
+        try:
+            while True:
+                window = self.window or max(4 * self.workers, 2 * max((len(b) for b in pending), default=1))
+                while not exhausted and in_flight < window:
+                    b = next(batches, None)
+                    if b is None:
+                        exhausted = True
+                        break
+                    pending.append(list(b))
+                    queue.extend(b)
+                    in_flight += len(b)
+                while queue:  # hand out work: each worker holds at most two items
+                    w = min(workers, key=lambda w: len(w["todo"]))
+                    if len(w["todo"]) >= 2:
+                        break
+                    i = queue.popleft()
+                    w["todo"].append(i)
+                    w["conn"].send(i)
+                while pending and all(i in results for i in pending[0]):
+                    b = pending.popleft()
+                    in_flight -= len(b)
+                    yield [results.pop(i) for i in b]
+                if not pending and exhausted:
+                    return
+                if not pending:
+                    continue
+                ready = wait([w["conn"] for w in workers] + [w["proc"].sentinel for w in workers])
+                for w in list(workers):
+                    if w["conn"] in ready or w["proc"].sentinel in ready:
+                        if not self._drain(w, results):
+                            workers.remove(w)
+                            self.procs.remove(w)
+                            lost = list(w["todo"])
+                            w["proc"].join()
+                            if lost:  # the first unfinished item was being worked on: it failed
+                                self.crashes += 1
+                                results[lost[0]] = self.on_crash(lost[0], _reason(w["proc"].exitcode))
+                                queue.extendleft(reversed(lost[1:]))
+                            w["conn"].close()
+                            workers.append(self._start())
+        finally:
+            self.close()
+
+    def _drain(self, w: dict, results: dict[int, Any]) -> bool:
+        """Receive every finished result of ``w``; False if the worker is dead."""
+        conn = w["conn"]
+        try:
+            while conn.poll():
+                i, value = conn.recv()
+                if w["todo"] and w["todo"][0] == i:
+                    w["todo"].popleft()
+                results[i] = value
+        except (EOFError, OSError):  # the pipe closed: the worker is gone
+            return False
+        return w["proc"].is_alive()
