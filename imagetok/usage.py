@@ -574,6 +574,7 @@ def usage_from_images(
     progress: bool = False,
     top: int = 10,
     max_position_cells: int = DEFAULT_MAX_POSITION_CELLS,
+    max_member_bytes: int | None = None,
 ) -> DatasetUsage:
     """Run a tokenizer over a dataset and report codebook usage (see :meth:`Tokenizer.codebook_usage`).
 
@@ -582,7 +583,8 @@ def usage_from_images(
     batches of at most ``batch_size``, so memory is bounded by one batch whatever the dataset size; a
     file that cannot be read or preprocessed (:class:`InputError`) is skipped, counted and listed.
     In-memory batches are passed to ``tok.preprocess`` as they come; bad ones raise. ``progress``
-    shows a tqdm bar on stderr.
+    shows a tqdm bar on stderr. ``max_member_bytes``: the tar member size cap (default
+    :data:`imagetok.data.sources.MAX_TAR_MEMBER_BYTES`); larger members are skipped.
     """
     from tqdm.auto import tqdm
 
@@ -623,7 +625,8 @@ def usage_from_images(
         add(x)
 
     if _is_paths(images):
-        works = list_sources([images] if isinstance(images, (str, os.PathLike)) else list(images))
+        cap = {} if max_member_bytes is None else {"max_member_bytes": max_member_bytes}
+        works = list_sources([images] if isinstance(images, (str, os.PathLike)) else list(images), **cap)
         total = sum(len(w) + len(w.source_errors) for w in works)
         with tqdm(total=total, desc="usage", unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for name, src in iter_items(works):

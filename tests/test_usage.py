@@ -255,6 +255,22 @@ def test_cli_refuses_tokens_from_another_model(models, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["images"] == 2
 
 
+def test_cli_refuses_tokens_from_other_weights(models, tmp_path, capsys):
+    """Same architecture (config hash), different weights: the ids mean different things."""
+    tok = models["vq"]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for name, sha in (("a", "aa" * 32), ("b", "bb" * 32), ("c", None)):
+        save_tokens(tmp_path / f"{name}.json", (tok.encode(x),), model="vq", config=tok.config)
+        d = json.loads((tmp_path / f"{name}.json").read_text())
+        d["weights_sha256"] = sha
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+    assert main(["usage", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "different weights" in err and "aa" * 32 in err and "bb" * 32 in err
+    assert main(["usage", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--json", "-", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 4  # a file without a recorded sha256 is not refused
+
+
 def test_cli_bad_inputs(models, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["usage", str(tmp_path / "empty"), "--model", models["vq_dir"]]) == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_SOME_FAILED = 3  # the dataset is complete but some images failed (listed in errors.jsonl)
+MAX_MEMBER_MB = 256  # imagetok.data.sources.MAX_TAR_MEMBER_BYTES / 2**20 (not imported: no work at parser time)
 
 
 def add_parser(sub: Any) -> None:
@@ -35,6 +36,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--boi", action="store_true", help="--memmap: add a begin-of-image id")
     p.add_argument("--eoi", action="store_true", help="--memmap: add an end-of-image id")
     p.add_argument("--eor", action="store_true", help="--memmap: add an end-of-row id after each row")
+    p.add_argument("--labels", default=None, metavar="folder|FILE",
+                   help="add an int64 label column: 'folder' = class subfolders SRC/<class>/<image> (class names in "
+                   "dataset_info.json 'classes'), or a .csv (path,label) / .json {path: label} file")
+    p.add_argument("--max-member-mb", type=float, default=None,
+                   help=f"tar members larger than this fail (listed in errors.jsonl) (default {MAX_MEMBER_MB:g})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--fast", action="store_true", help="bfloat16 network, float32 code search (tokens do not depend on the batch; may differ from the exact path)")
     p.add_argument("--image-column", default=None, help="table sources: the image column (bytes, {bytes, path} struct or path; default: detected)")
@@ -72,6 +78,12 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
             kw["size"] = None if args.size == 0 else args.size
         if args.dtype:
             kw["dtype"] = getattr(torch, args.dtype)
+        if args.labels is not None:
+            kw["labels"] = args.labels
+        if args.max_member_mb is not None:
+            if not args.max_member_mb > 0:
+                raise InputError(f"--max-member-mb must be > 0, got {args.max_member_mb}")
+            kw["max_member_bytes"] = int(args.max_member_mb * 2**20)
         summary = td.tokenize_dataset(
             args.src, out, model=args.model, batch_size=args.batch_size, workers=args.workers,
             shard_size=args.shard_size, draft=args.draft, device=args.device, rank=args.rank,
