@@ -195,13 +195,18 @@ def _get(d: dict, path: Sequence[str]) -> Any:
     return d
 
 
-def _ensure_plan(out: Output, plan: dict) -> None:
+def _as_output(out: Output | str | os.PathLike) -> Output:
+    return out if isinstance(out, Output) else open_output(out)
+
+
+def _ensure_plan(out: Output | str | os.PathLike, plan: dict) -> None:
     """Create the run plan exclusively, or check that the existing one describes the same run.
 
     The plan is created with :meth:`Output.create_exclusive` (a hard link of a complete temporary
     file locally; a conditional upload on S3), so of two runs starting together exactly one creates
     it and the other compares.
     """
+    out = _as_output(out)
     if out.local is not None:
         for d in (f"{STATE_DIR}/errors", f"{STATE_DIR}/tmp", f"{STATE_DIR}/leases", DATA_DIR):
             (out.local / d).mkdir(parents=True, exist_ok=True)
@@ -217,7 +222,8 @@ def _ensure_plan(out: Output, plan: dict) -> None:
         )
 
 
-def _read_plan(out: Output) -> dict:
+def _read_plan(out: Output | str | os.PathLike) -> dict:
+    out = _as_output(out)
     rel = f"{STATE_DIR}/plan.json"
     for attempt in range(20):
         text = out.read_text(rel)
@@ -252,8 +258,8 @@ class _Lease:
     that names the pid and host.
     """
 
-    def __init__(self, out: Output, name: str):
-        self.out, self.name = out, name
+    def __init__(self, out: Output | str | os.PathLike, name: str):
+        self.out, self.name = _as_output(out), name
         self.rel = f"{STATE_DIR}/leases/{name[: -len('.parquet')]}.lease"
         self.path = out.url_of(self.rel)
         self.held = False
@@ -861,7 +867,7 @@ def merge_dataset(out: str | os.PathLike, *, quiet: bool = False) -> dict | None
     require_pyarrow()
     import pyarrow.parquet as pq
 
-    out = out if isinstance(out, Output) else open_output(out)
+    out = _as_output(out)
     plan = _read_plan(out)
     n, size, total = plan["num_shards"], plan["shard_size"], plan["source"]["items"]
     shards, missing = [], []
