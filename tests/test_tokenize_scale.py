@@ -153,7 +153,17 @@ def test_hf_parquet_dataset_tokens_equal_encode(hf_dataset, model_dir, tok, tmp_
         assert torch.equal(r.tokens, tok.encode(imgs[r.key])), r.key
         assert (r.width, r.height) == imgs[r.key].size
     info = json.loads((out / "dataset_info.json").read_text())
-    assert info["source"]["kind"] == "table" and info["counts"]["rows"] == 6
+    assert info["source"]["kind"] == "table" and info["counts"]["rows"] == 6 and "labels" not in info
+    # --label-column: a datasets ClassLabel keeps its ids and names
+    out = tmp_path / "labelled"
+    s = tokenize_dataset(d, out, model=str(model_dir), split="train", key_column="id", label_column="label",
+                         workers=0, progress=False)
+    assert s["complete"]
+    ds = TokenDataset(out)
+    assert ds.classes == ["a", "b"] and {r.key: r.label for r in ds} == {f"x{5 - i}": v for i, v in enumerate([0, 1, 0, 1, 1, 0])}
+    assert json.loads((out / "dataset_info.json").read_text())["labels"] == {"source": "column:label", "num_classes": 2}
+    with pytest.raises(InputError, match="not both"):
+        tokenize_dataset(d, tmp_path / "x", model=str(model_dir), split="train", label_column="label", labels="folder")
     # several splits and no --split: refused, not mixed
     rc = cli_main(["tokenize-dataset", str(d), "--out", str(tmp_path / "o2"), "--model", str(model_dir), "--quiet"])
     assert rc == 1 and "choose one with --split" in capsys.readouterr().err

@@ -100,11 +100,17 @@ def looks_like_table(src: str | os.PathLike, image_extensions: frozenset[str]) -
         fs, path = remote.url_to_fs(s)
         if not fs.isdir(path):
             return False
-        names = fs.find(path)
+        has_parquet = False
+        for _, _, files in fs.walk(path):  # folder by folder: an image folder answers at its first image
+            for name in files:
+                low = name.lower()
+                if low.endswith(".parquet"):
+                    has_parquet = True
+                elif low.endswith(".tar") or "." + low.rsplit(".", 1)[-1] in image_extensions:
+                    return False
+        return has_parquet
     except (FileNotFoundError, InputError):
         return False
-    lows = [n.lower() for n in names]
-    return any(n.endswith(".parquet") for n in lows) and not any(n.endswith(".tar") or "." + n.rsplit(".", 1)[-1] in image_extensions for n in lows)
 
 
 def _split_of(rel: str) -> str | None:
