@@ -78,6 +78,9 @@ def test_object_store_output_write_then_verify(s3, monkeypatch):
     assert out.listdir("data") == ["s0.parquet"]  # the unverified object was deleted
     out.remove("data/s0.parquet")
     assert out.listdir("data") == [] and not out.exists("data/s0.parquet")
+    # exclusive create: a conditional upload, of two the second loses and changes nothing
+    assert out.create_exclusive("lease", "first") and not out.create_exclusive("lease", "second")
+    assert out.read_text("lease") == "first" and 0 <= out.age("lease") < 600
     d = out.tmp_dir()
     out.cleanup()
     assert not d.exists()

@@ -182,6 +182,24 @@ def test_hf_hub_dataset_repo(hf_dataset, hf_hub, model_dir, tok, tmp_path):
     assert plan["source"]["path"] == "hf://datasets/org/pics"
 
 
+def test_output_to_hf_repo(hf_hub, model_dir, tok, tmp_path, caplog):
+    """hf:// output: every file is a Hub commit (atomic); no exclusive create there, which is said."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(32, 32, 80 + i)).save(src / f"{i}.png")
+    hf_hub.create_repo("datasets/org/tokens")
+    with caplog.at_level("WARNING"):
+        s = tokenize_dataset(src, "hf://datasets/org/tokens/v1", model=str(model_dir), shard_size=2, workers=0, progress=False)
+    assert s["complete"] and s["rows"] == 3 and s["info"] == "hf://datasets/org/tokens/v1/dataset_info.json"
+    assert "cannot create files exclusively" in caplog.text
+    files = hf_hub.files("datasets/org/tokens")
+    assert {"v1/dataset_info.json", "v1/data/train-00000-of-00002.parquet", "v1/data/train-00001-of-00002.parquet"} <= set(files)
+    assert not any("leases/" in f for f in files)  # released after each shard
+    got = {r.key: r.tokens for r in TokenDataset("hf://datasets/org/tokens/v1")}
+    assert got.keys() == {"0.png", "1.png", "2.png"} and all(torch.equal(t, tok.encode(str(src / k))) for k, t in got.items())
+
+
 # ----------------------------------------------------------------------------------------- fast
 def test_fast_tokens_do_not_depend_on_batch(model_dir, tmp_path):
     src = tmp_path / "src"

@@ -38,6 +38,8 @@ from .sources import MAX_TAR_MEMBER_BYTES, WorkList, _Packed
 
 log = logging.getLogger(__name__)
 
+#: protocols whose conditional create is exclusive through fsspec (checked: moto's S3 server, memory)
+EXCLUSIVE_CREATE_PROTOCOLS = frozenset({"s3", "s3a", "memory"})
 #: protocols whose single-object upload is atomic (the object appears whole, or not at all)
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hf", "memory", "oss", "oci"})
 _PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
@@ -383,22 +385,21 @@ class FsspecOutput(Output):
             return 0.0
 
     def create_exclusive(self, rel: str, text: str) -> bool:
-        """One conditional upload (S3 ``If-None-Match: *``; ``"xb"`` mode elsewhere). A store that
-        cannot create exclusively gets a check-then-upload, and a warning that two runs starting
-        together are not kept apart there."""
+        """One conditional upload on S3 (``If-None-Match: *``). Other stores (the Hub, GCS, Azure
+        through fsspec: their ``"xb"`` mode is not reliably exclusive) get a check-then-upload and
+        a warning that two runs starting together are not kept apart there."""
         target = self.root.join(rel)
         data = text.encode("utf-8")
-        try:
-            if self.root.protocol in ("s3", "s3a"):
-                self.root.fs.pipe_file(target, data, mode="create")
-            else:
-                with self.root.fs.open(target, "xb") as f:
-                    f.write(data)
-            return True
-        except FileExistsError:
-            return False
-        except (ValueError, NotImplementedError, TypeError):
-            pass
+        if self.root.protocol in EXCLUSIVE_CREATE_PROTOCOLS:
+            try:
+                if self.root.protocol == "memory":
+                    with self.root.fs.open(target, "xb") as f:
+                        f.write(data)
+                else:
+                    self.root.fs.pipe_file(target, data, mode="create")
+                return True
+            except FileExistsError:
+                return False
         if not self._warned:
             log.warning("%s: %s:// cannot create files exclusively; two runs writing this folder at the same moment "
                         "are not kept apart (one at a time is safe)", self.display, self.root.protocol)
