@@ -817,6 +817,17 @@ class TokenRecord(NamedTuple):
     label: int | None = None
 
 
+class TokenBatch(NamedTuple):
+    """Consecutive rows with one grid shape: ``tokens`` int64 ``[B, h, w]`` (a tuple per level for
+    VQ-VAE-2); ``widths``/``heights`` int32 ``[B]``; ``labels`` int64 ``[B]`` or None."""
+
+    keys: list[str]
+    widths: np.ndarray
+    heights: np.ndarray
+    tokens: Any
+    labels: np.ndarray | None
+
+
 def tokens_from_row(row: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """A row's flat ``tokens`` and ``grid`` -> int64 ``[h, w]`` (a tuple of grids for VQ-VAE-2).
 
@@ -878,24 +889,45 @@ class TokenDataset:
         """An :class:`LLMBridge` for this dataset's vocabulary."""
         return LLMBridge(self.codebook_sizes, self.downsample_factors, offset=offset, boi=boi, eoi=eoi, eor=eor)
 
-    def iter_rows(self, batch_rows: int = 1024) -> Iterator[TokenRecord]:
-        """Yield :class:`TokenRecord` per image, in key order (read by ``pyarrow.dataset`` in record batches)."""
+    def iter_batches(self, batch_rows: int = 1024) -> Iterator[TokenBatch]:
+        """Yield :class:`TokenBatch` es: runs of consecutive rows with one grid shape, in key order.
+
+        Read by ``pyarrow.dataset`` in record batches of ``batch_rows``; tokens are reshaped as whole
+        arrays, with no Python work per row except the key strings.
+        """
         import pyarrow.dataset as pads
 
         if not self.files:
             return
-        columns = ["key", "width", "height", "grid", "tokens"] + (["label"] if "labels" in self.info else [])
+        labelled = "labels" in self.info
+        columns = ["key", "width", "height", "grid", "tokens"] + (["label"] if labelled else [])
         scanner = pads.dataset([str(p) for p in self.files], format="parquet").scanner(columns=columns, batch_size=batch_rows)
+        n_grid = 2 * len(self.codebook_sizes)
         for rb in scanner.to_batches():
-            keys = rb.column("key").to_pylist()
-            widths, heights = rb.column("width").to_numpy(), rb.column("height").to_numpy()
-            grids, toks = rb.column("grid"), rb.column("tokens")
-            g_off, g_val = grids.offsets.to_numpy(), grids.values.to_numpy()
+            if rb.num_rows == 0:
+                continue
+            grids = rb.column("grid").values.to_numpy().reshape(-1, n_grid).astype(np.int64)
+            toks = rb.column("tokens")
             t_off, t_val = toks.offsets.to_numpy(), toks.values.to_numpy()
-            labels = rb.column("label").to_numpy() if "label" in columns else None
-            for j, key in enumerate(keys):
-                tokens = tokens_from_row({"grid": g_val[g_off[j] : g_off[j + 1]], "tokens": t_val[t_off[j] : t_off[j + 1]]})
-                yield TokenRecord(key, int(widths[j]), int(heights[j]), tokens, None if labels is None else int(labels[j]))
+            keys = rb.column("key").to_pylist()
+            sizes = rb.column("width").to_numpy(), rb.column("height").to_numpy()
+            labels = rb.column("label").to_numpy() if labelled else None
+            cuts = np.flatnonzero(np.any(grids[1:] != grids[:-1], axis=1)) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(keys)]):
+                g = grids[lo]
+                flat = torch.from_numpy(t_val[t_off[lo] : t_off[hi]].astype(np.int64)).reshape(hi - lo, -1)
+                hw = list(zip(g[::2].tolist(), g[1::2].tolist()))
+                parts = [p.reshape(hi - lo, h, w) for p, (h, w) in zip(flat.split([h * w for h, w in hw], dim=1), hw)]
+                yield TokenBatch(keys[lo:hi], sizes[0][lo:hi], sizes[1][lo:hi], parts[0] if len(parts) == 1 else tuple(parts),
+                                 None if labels is None else labels[lo:hi])
+
+    def iter_rows(self, batch_rows: int = 1024) -> Iterator[TokenRecord]:
+        """Yield :class:`TokenRecord` per image, in key order."""
+        for b in self.iter_batches(batch_rows):
+            levels = b.tokens if isinstance(b.tokens, tuple) else None
+            for j, key in enumerate(b.keys):
+                tokens = tuple(t[j] for t in levels) if levels else b.tokens[j]
+                yield TokenRecord(key, int(b.widths[j]), int(b.heights[j]), tokens, None if b.labels is None else int(b.labels[j]))
 
     def __iter__(self) -> Iterator[TokenRecord]:
         return self.iter_rows()
@@ -904,8 +936,8 @@ class TokenDataset:
         """Yield one int64 ``[N]`` LLM id sequence per image (default bridge: raw flat ids, no markers,
         as :meth:`Tokenizer.flatten`)."""
         bridge = bridge or self.bridge()
-        for row in self.iter_rows():
-            yield bridge.to_llm(row.tokens)
+        for b in self.iter_batches():
+            yield from bridge.to_llm(b.tokens)
 
     def to_memmap(self, out_dir: str | os.PathLike | None = None, *, bridge: LLMBridge | None = None, dtype: str | None = None) -> dict:
         """See :func:`export_memmap`."""
@@ -955,12 +987,14 @@ def export_memmap(
     count = 0
     try:
         with open(tmps[0], "wb") as fb, open(tmps[2], "w", encoding="utf-8") as fk:
-            for i, row in enumerate(ds.iter_rows()):
-                seq = bridge.to_llm(row.tokens).numpy().astype(dtype)
-                fb.write(seq.tobytes())
-                count += seq.size
-                offsets[i + 1] = count
-                fk.write(json.dumps(row.key) + "\n")
+            i = 0
+            for b in ds.iter_batches():
+                seqs = bridge.to_llm(b.tokens).numpy().astype(dtype)  # [B, L]: one grid shape per batch
+                fb.write(seqs.tobytes())
+                offsets[i + 1 : i + 1 + len(seqs)] = count + seqs.shape[1] * np.arange(1, len(seqs) + 1)
+                count += seqs.size
+                i += len(seqs)
+                fk.write("".join(json.dumps(k) + "\n" for k in b.keys))
         offsets.flush()
         del offsets
         for tmp, name in zip(tmps, names):
