@@ -200,8 +200,9 @@ _PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("tokenizer", "weights_sha256"
 
 
 def _get(d: dict, path: Sequence[str]) -> Any:
+    """``d[path[0]][path[1]]...``, None where missing (plans of older versions lack newer keys)."""
     for p in path:
-        d = d.get(p, {}) if isinstance(d, dict) else {}
+        d = d.get(p) if isinstance(d, dict) else None
     return d
 
 
