@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -169,63 +169,48 @@ class UsageReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: every field plus derived ``dead_count``, ``top_codes`` shares and
-        ``per_position`` (``{"grid", "distinct", "min", "mean", "max"}`` or null)."""
-        per_pos = None
-        if self.position_distinct is not None:
-            distinct = [list(r) for r in self.position_distinct]
-            per_pos = {"grid": list(self.grid), "distinct": distinct, **self.position_stats}
-        return {
-            "name": self.name,
-            "codebook_size": self.codebook_size,
-            "tokens": self.tokens,
-            "grids": self.grids,
-            "grid": list(self.grid) if self.grid else None,
-            "codes_used": self.codes_used,
-            "used_fraction": self.used_fraction,
-            "dead_count": self.dead_count,
-            "dead_codes": list(self.dead_codes),
-            "perplexity": self.perplexity,
-            "entropy_bits": self.entropy_bits,
-            "max_entropy_bits": self.max_entropy_bits,
-            "normalized_entropy": self.normalized_entropy,
-            "top1pct_share": self.top1pct_share,
-            "top10pct_share": self.top10pct_share,
-            "gini": self.gini,
-            "top_codes": [{"code": c, "count": n, "share": n / self.tokens} for c, n in self.top_codes],
-            "per_position": per_pos,
-            "per_position_note": self.position_note,
-            "counts": list(self.counts),
-        }
+        """JSON-ready dict: every field (``position_distinct`` as ``per_position``: ``{"grid",
+        "distinct", "min", "mean", "max"}`` or null; ``position_note`` as ``per_position_note``)
+        plus the derived ``dead_count`` and each top code's ``share``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        distinct, note = d.pop("position_distinct"), d.pop("position_note")
+        d.update(
+            grid=list(self.grid) if self.grid else None,
+            dead_count=self.dead_count,
+            dead_codes=list(self.dead_codes),
+            top_codes=[{"code": c, "count": n, "share": n / self.tokens} for c, n in self.top_codes],
+            per_position=None if distinct is None else {"grid": list(self.grid), "distinct": [list(r) for r in distinct],
+                                                        **self.position_stats},
+            per_position_note=note,
+            counts=list(self.counts),
+        )
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UsageReport":
         """Inverse of :meth:`to_dict` (derived keys are ignored). Raises InputError if malformed."""
         try:
-            per_pos = d["per_position"]
-            return cls(
-                codebook_size=int(d["codebook_size"]),
-                tokens=int(d["tokens"]),
-                grids=int(d["grids"]),
-                codes_used=int(d["codes_used"]),
-                used_fraction=float(d["used_fraction"]),
+            kw = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name not in _NOT_PLAIN}
+            kw.update(
                 dead_codes=tuple(int(v) for v in d["dead_codes"]),
-                perplexity=float(d["perplexity"]),
-                entropy_bits=float(d["entropy_bits"]),
-                max_entropy_bits=float(d["max_entropy_bits"]),
-                normalized_entropy=float(d["normalized_entropy"]),
-                top1pct_share=float(d["top1pct_share"]),
-                top10pct_share=float(d["top10pct_share"]),
-                gini=float(d["gini"]),
                 top_codes=tuple((int(t["code"]), int(t["count"])) for t in d["top_codes"]),
                 counts=tuple(int(v) for v in d["counts"]),
                 grid=tuple(d["grid"]) if d.get("grid") else None,
-                position_distinct=tuple(tuple(int(v) for v in r) for r in per_pos["distinct"]) if per_pos else None,
+                position_distinct=tuple(tuple(int(v) for v in r) for r in d["per_position"]["distinct"]) if d["per_position"] else None,
                 position_note=d.get("per_position_note"),
                 name=d.get("name"),
             )
+            for f in fields(cls):
+                if f.name not in kw:
+                    raise KeyError(f.name)
+                if f.type in ("int", "float"):
+                    kw[f.name] = {"int": int, "float": float}[f.type](kw[f.name])
+            return cls(**kw)
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"not a valid codebook usage report level ({type(e).__name__}: {e})") from None
+
+
+_NOT_PLAIN = {"dead_codes", "top_codes", "counts", "grid", "position_distinct", "position_note"}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,13 @@ from imagetok import image as _image  # noqa: E402
 from imagetok.cli import main as cli_main  # noqa: E402
 from imagetok.errors import InputError, MissingDependencyError  # noqa: E402
 from imagetok.data.sources import list_source  # noqa: E402
-from imagetok.data.token_dataset import TokenDataset, export_memmap, merge_dataset, tokenize_dataset  # noqa: E402
+from imagetok.data.token_dataset import (  # noqa: E402
+    TokenDataset,
+    export_memmap,
+    merge_dataset,
+    tokenize_dataset,
+    tokens_from_row,
+)
 
 CFG = {"family": "vqgan", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
        "z_channels": 8, "embed_dim": 4, "n_embed": 300, "resolution": 32}
@@ -177,6 +183,10 @@ def test_parquet_readable_by_pyarrow_pandas_datasets(ref, tmp_path, monkeypatch)
     assert len(ds) == 9 and ds.features["tokens"].feature.dtype == "uint16"
     got = {r["key"]: r["tokens"] for r in ds}
     assert all(got[k] == ref_rows[k].flatten().tolist() for k in GOOD)
+    assert all(torch.equal(tokens_from_row(r), ref_rows[r["key"]]) for r in ds)  # the reshape helper
+    assert torch.equal(tokens_from_row(row), ref_rows["wide.png"])  # a pandas row
+    with pytest.raises(InputError, match="does not describe"):
+        tokens_from_row({"grid": [16, 15], "tokens": list(range(256))})
 
 
 def test_reader_sequences_and_memmap_roundtrip(ref, tok):
@@ -249,6 +259,12 @@ def test_keep_image_size(src, model_dir, tok, tmp_path, capsys):
         "gray.png": (18, 18), "rgb0.png": (20, 25), "rgb1.png": (20, 25), "rgb2.png": (21, 25)}
     for k, r in rows.items():
         assert torch.equal(r.tokens, tok.encode(str(src / "a" / k), size=None))
+    info = export_memmap(out, bridge=TokenDataset(out).bridge(eor=True))  # mixed grid shapes, batched per run
+    mm = np.memmap(out / "memmap" / "tokens.bin", dtype=info["dtype"], mode="r")
+    offsets = np.load(out / "memmap" / "offsets.npy")
+    bridge = TokenDataset(out).bridge(eor=True)
+    for i, r in enumerate(rows.values()):
+        assert torch.equal(torch.from_numpy(mm[offsets[i] : offsets[i + 1]].astype(np.int64)), bridge.to_llm(r.tokens))
     assert json.loads((out / "dataset_info.json").read_text())["preprocessing"]["jpeg_draft"] is False
 
 

@@ -349,3 +349,28 @@ def test_core_does_not_import_matplotlib():
     code = "import sys, imagetok, imagetok.usage, imagetok.cli; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_image_usage_is_batched_and_memory_bounded(models, folder, monkeypatch):
+    """Files are read as they are encoded: never more than batch_size preprocessed images wait."""
+    tok = make_tiny_tokenizer("vqgan")
+    state = {"read": 0, "encoded": 0, "max_waiting": 0, "batches": []}
+    preprocess, encode_pixels = tok.preprocess, tok.encode_pixels
+
+    def counting_preprocess(images, **kw):
+        x, is_batch = preprocess(images, **kw)
+        state["read"] += x.shape[0]
+        state["max_waiting"] = max(state["max_waiting"], state["read"] - state["encoded"])
+        return x, is_batch
+
+    def counting_encode(x):
+        state["batches"].append(x.shape[0])
+        state["encoded"] += x.shape[0]
+        return encode_pixels(x)
+
+    monkeypatch.setattr(tok, "preprocess", counting_preprocess)
+    monkeypatch.setattr(tok, "encode_pixels", counting_encode)
+    u = tok.codebook_usage([folder, folder, folder], batch_size=4)  # 18 readable images
+    assert u.images == 18 and state["batches"] == [4, 4, 4, 4, 2] and state["max_waiting"] <= 4
+    once = tok.codebook_usage(folder, batch_size=5)
+    assert u.levels[0].counts == tuple(3 * c for c in once.levels[0].counts)  # batching changes nothing

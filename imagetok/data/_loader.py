@@ -105,20 +105,22 @@ class Loader:
         self.procs.append(w)
         return w
 
-    def _stop(self, w: dict) -> None:
-        try:
-            w["conn"].send(None)
-        except (OSError, ValueError):
-            pass
-        w["conn"].close()
-        w["proc"].join(timeout=5)
-        if w["proc"].is_alive():
-            w["proc"].kill()
-            w["proc"].join()
-
     def close(self) -> None:
+        """Stop every worker: idle ones exit at once, busy ones are killed after a second."""
+        import time
+
         for w in self.procs:
-            self._stop(w)
+            try:
+                w["conn"].send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 1.0
+        for w in self.procs:
+            w["proc"].join(timeout=max(0.0, deadline - time.monotonic()))
+            if w["proc"].is_alive():
+                w["proc"].kill()
+                w["proc"].join()
+            w["conn"].close()
         self.procs = []
 
     # ---------------------------------------------------------------------------- iteration
@@ -129,6 +131,7 @@ class Loader:
         results: dict[int, Any] = {}
         workers = [self._start() for _ in range(self.workers)]
         in_flight = 0
+        idle_deaths = 0
         exhausted = False
         try:
             while True:
@@ -164,11 +167,15 @@ class Loader:
                             self.procs.remove(w)
                             lost = list(w["todo"])
                             w["proc"].join()
+                            w["conn"].close()
                             if lost:  # the first unfinished item was being worked on: it failed
                                 self.crashes += 1
                                 results[lost[0]] = self.on_crash(lost[0], _reason(w["proc"].exitcode))
                                 queue.extendleft(reversed(lost[1:]))
-                            w["conn"].close()
+                            else:
+                                idle_deaths += 1
+                                if idle_deaths > 2 * self.workers:
+                                    raise RuntimeError(f"loader processes keep dying before any work ({_reason(w['proc'].exitcode)})")
                             workers.append(self._start())
         finally:
             self.close()

@@ -35,12 +35,10 @@ and skipped; the summary and exit status report them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ from ..config import config_hash, config_to_dict
 from ..errors import ImagetokError, InputError, MissingDependencyError
 from ..llm import LLMBridge
 from .encode import BatchEncoder
+from .labels import column_labels, read_labels
 from .remote import Output, RemoteRoot, is_url, list_remote_worklist, local_path, open_output
 from .sources import IMAGE_EXTENSIONS, MAX_TAR_MEMBER_BYTES, WorkList, list_source
 
@@ -190,8 +189,9 @@ _PLAN_MUST_MATCH = (("tokenizer", "config_hash"), ("tokenizer", "weights_sha256"
 
 
 def _get(d: dict, path: Sequence[str]) -> Any:
+    """``d[path[0]][path[1]]...``, None where missing (plans of older versions lack newer keys)."""
     for p in path:
-        d = d.get(p, {}) if isinstance(d, dict) else {}
+        d = d.get(p) if isinstance(d, dict) else None
     return d
 
 
@@ -213,6 +213,8 @@ def _ensure_plan(out: Output | str | os.PathLike, plan: dict) -> None:
     if out.create_exclusive(f"{STATE_DIR}/plan.json", json.dumps(plan, indent=1, sort_keys=True) + "\n"):
         return
     old = _read_plan(out)
+    if isinstance(old.get("tokenizer"), dict):  # plans before "network" was recorded ran the exact float32 path
+        old["tokenizer"].setdefault("network", {"dtype": "float32", "fast": False})
     diffs = [".".join(k) for k in _PLAN_MUST_MATCH if _get(old, k) != _get(plan, k)]
     if diffs:
         raise InputError(
@@ -304,105 +306,6 @@ class _Lease:
         if self.held:
             self.out.remove(self.rel)
             self.held = False
-
-
-# ==================================================================================== labels
-def _read_label_file(path: Path) -> dict[str, Any]:
-    """``path -> label`` from a CSV (header ``path,label``) or a JSON object."""
-    import csv
-
-    if not path.is_file():
-        raise InputError(f"--labels {path}: no such file (use 'folder' for class subfolders, or a .csv/.json file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"--labels {path}: not a UTF-8 text file") from None
-    if path.suffix.lower() == ".json":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--labels {path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise InputError(f"--labels {path}: expected a JSON object {{path: label}}, got {type(d).__name__}")
-        return d
-    rows = list(csv.reader(text.splitlines()))
-    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["path", "label"]:
-        raise InputError(f"--labels {path}: a CSV file needs the header 'path,label' (or use a JSON object path -> label)")
-    out = {}
-    for n, row in enumerate(rows[1:], start=2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) != 2:
-            raise InputError(f"--labels {path}, line {n}: expected 2 columns (path,label), got {len(row)}")
-        out[row[0].strip()] = row[1].strip()
-    return out
-
-
-def _label_values(values: list[Any], where: str) -> tuple[np.ndarray, list[str] | None]:
-    """Integer labels as given (ids >= 0; no class names), or names -> ids in sorted name order."""
-    def as_int(v: Any) -> int | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        if isinstance(v, str) and re.fullmatch(r"\d+", v):
-            return int(v)
-        return None
-
-    ints = [as_int(v) for v in values]
-    if all(i is not None for i in ints):
-        return np.asarray(ints, dtype=np.int64), None
-    bad = [v for v in values if not (isinstance(v, str) and v.strip()) and as_int(v) is None]
-    if bad:
-        raise InputError(f"{where}: labels must be non-negative ints or non-empty class names, got {bad[:3]}")
-    if any(i is not None for i in ints):
-        mixed = [v for v, i in zip(values, ints) if i is not None][:3]
-        raise InputError(f"{where}: labels mix class names and numbers (e.g. {mixed}); use one kind")
-    classes = sorted(set(values))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.asarray([index[v] for v in values], dtype=np.int64), classes
-
-
-def _labels(work: WorkList, spec: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """The label of every key (int64 ``[len(work)]``) and the plan's ``labels`` block.
-
-    ``spec`` is ``"folder"`` (ImageFolder layout: the first folder of each key is its class) or a
-    CSV/JSON file mapping paths to labels (keys as in the dataset, or paths relative to the label
-    file's folder, or absolute paths).
-    """
-    keys = [work.keys[i] for i in range(len(work))]
-    if str(spec) == "folder":
-        if work.kind != "folder":
-            raise InputError(f"--labels folder needs a folder source laid out as SRC/<class>/<image>, got a {work.kind} source")
-        flat = [k for k in keys if "/" not in k]
-        if flat:
-            raise InputError(f"--labels folder: {len(flat)} image(s) are not inside a class folder (SRC/<class>/<image>), e.g. {flat[:3]}")
-        labels, classes = _label_values([k.split("/", 1)[0] for k in keys], "--labels folder")
-        return labels, {"source": "folder", "classes": classes, "digest": _digest(labels)}
-    path = Path(spec)
-    table = _read_label_file(path)
-    base = path.resolve().parent
-    norm = {os.path.normpath(k): v for k, v in table.items()}
-    norm.update({os.path.normpath(os.path.join(base, k)): v for k, v in table.items()})
-    values, missing = [], []
-    for k in keys:
-        v = norm.get(os.path.normpath(k), norm.get(os.path.normpath(str(work.root / k)), _MISSING))
-        if v is _MISSING:
-            missing.append(k)
-        values.append(v)
-    if missing:
-        raise InputError(f"--labels {path}: no label for {len(missing)} of {len(keys)} image(s), e.g. {missing[:3]}")
-    labels, classes = _label_values(values, f"--labels {path}")
-    if labels.min() < 0:
-        raise InputError(f"--labels {path}: labels must be >= 0, got {int(labels.min())}")
-    return labels, {"source": str(path), "classes": classes, "digest": _digest(labels)}
-
-
-_MISSING: Any = object()
-
-
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:32]
 
 
 # ============================================================================== shard writing
@@ -564,21 +467,6 @@ def open_source(src: str | os.PathLike, *, image_column: str | None = None, key_
     return list_source(local_path(src), max_member_bytes=max_member_bytes)
 
 
-def _column_labels(work: Any) -> tuple[np.ndarray, dict]:
-    """The labels of a table source's ``label_column`` and the plan's ``labels`` block."""
-    where = f"--label-column {work.label_column}"
-    if work.label_names is not None:  # a datasets ClassLabel: ids index its names
-        ids = np.asarray([-1 if v is None else v for v in work.labels], dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= len(work.label_names):
-            raise InputError(f"{where}: class ids must be in [0, {len(work.label_names)}), got {int(ids.min())}..{int(ids.max())}")
-        classes = work.label_names
-    else:
-        ids, classes = _label_values(list(work.labels), where)
-        if ids.min() < 0:
-            raise InputError(f"{where}: labels must be >= 0, got {int(ids.min())}")
-    return ids, {"source": f"column:{work.label_column}", "classes": classes, "digest": _digest(ids)}
-
-
 def _plan(tok: Any, work: WorkList, src: Any, size: int | None, draft: bool, shard_size: int, labels: dict | None) -> dict:
     from .. import __version__
 
@@ -728,9 +616,9 @@ def tokenize_dataset(
         work = open_source(src, image_column=image_column, key_column=key_column, label_column=label_column,
                            split=split, max_member_bytes=max_member_bytes)
         if label_column is not None:
-            label_ids, label_info = _column_labels(work)
+            label_ids, label_info = column_labels(work)
         else:
-            label_ids, label_info = _labels(work, labels) if labels is not None else (None, None)
+            label_ids, label_info = read_labels(work, labels) if labels is not None else (None, None)
         plan = _plan(tok, work, src, size, draft, shard_size, label_info)
         _ensure_plan(out, plan)
         n_shards = plan["num_shards"]
@@ -937,6 +825,17 @@ class TokenRecord(NamedTuple):
     label: int | None = None
 
 
+class TokenBatch(NamedTuple):
+    """Consecutive rows with one grid shape: ``tokens`` int64 ``[B, h, w]`` (a tuple per level for
+    VQ-VAE-2); ``widths``/``heights`` int32 ``[B]``; ``labels`` int64 ``[B]`` or None."""
+
+    keys: list[str]
+    widths: np.ndarray
+    heights: np.ndarray
+    tokens: Any
+    labels: np.ndarray | None
+
+
 def tokens_from_row(row: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """A row's flat ``tokens`` and ``grid`` -> int64 ``[h, w]`` (a tuple of grids for VQ-VAE-2).
 
@@ -1006,28 +905,49 @@ class TokenDataset:
         """An :class:`LLMBridge` for this dataset's vocabulary."""
         return LLMBridge(self.codebook_sizes, self.downsample_factors, offset=offset, boi=boi, eoi=eoi, eor=eor)
 
-    def iter_rows(self, batch_rows: int = 1024) -> Iterator[TokenRecord]:
-        """Yield :class:`TokenRecord` per image, in key order (read by ``pyarrow.dataset`` in record batches)."""
+    def iter_batches(self, batch_rows: int = 1024) -> Iterator[TokenBatch]:
+        """Yield :class:`TokenBatch` es: runs of consecutive rows with one grid shape, in key order.
+
+        Read by ``pyarrow.dataset`` in record batches of ``batch_rows``; tokens are reshaped as whole
+        arrays, with no Python work per row except the key strings.
+        """
         import pyarrow.dataset as pads
 
         if not self.files:
             return
-        columns = ["key", "width", "height", "grid", "tokens"] + (["label"] if "labels" in self.info else [])
+        labelled = "labels" in self.info
+        columns = ["key", "width", "height", "grid", "tokens"] + (["label"] if labelled else [])
         if self.remote is None:
             dataset = pads.dataset([str(p) for p in self.files], format="parquet")
         else:
             dataset = pads.dataset([self.remote.join(s["file"]) for s in self.shards], format="parquet", filesystem=self.remote.fs)
         scanner = dataset.scanner(columns=columns, batch_size=batch_rows)
+        n_grid = 2 * len(self.codebook_sizes)
         for rb in scanner.to_batches():
-            keys = rb.column("key").to_pylist()
-            widths, heights = rb.column("width").to_numpy(), rb.column("height").to_numpy()
-            grids, toks = rb.column("grid"), rb.column("tokens")
-            g_off, g_val = grids.offsets.to_numpy(), grids.values.to_numpy()
+            if rb.num_rows == 0:
+                continue
+            grids = rb.column("grid").values.to_numpy().reshape(-1, n_grid).astype(np.int64)
+            toks = rb.column("tokens")
             t_off, t_val = toks.offsets.to_numpy(), toks.values.to_numpy()
-            labels = rb.column("label").to_numpy() if "label" in columns else None
-            for j, key in enumerate(keys):
-                tokens = tokens_from_row({"grid": g_val[g_off[j] : g_off[j + 1]], "tokens": t_val[t_off[j] : t_off[j + 1]]})
-                yield TokenRecord(key, int(widths[j]), int(heights[j]), tokens, None if labels is None else int(labels[j]))
+            keys = rb.column("key").to_pylist()
+            sizes = rb.column("width").to_numpy(), rb.column("height").to_numpy()
+            labels = rb.column("label").to_numpy() if labelled else None
+            cuts = np.flatnonzero(np.any(grids[1:] != grids[:-1], axis=1)) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(keys)]):
+                g = grids[lo]
+                flat = torch.from_numpy(t_val[t_off[lo] : t_off[hi]].astype(np.int64)).reshape(hi - lo, -1)
+                hw = list(zip(g[::2].tolist(), g[1::2].tolist()))
+                parts = [p.reshape(hi - lo, h, w) for p, (h, w) in zip(flat.split([h * w for h, w in hw], dim=1), hw)]
+                yield TokenBatch(keys[lo:hi], sizes[0][lo:hi], sizes[1][lo:hi], parts[0] if len(parts) == 1 else tuple(parts),
+                                 None if labels is None else labels[lo:hi])
+
+    def iter_rows(self, batch_rows: int = 1024) -> Iterator[TokenRecord]:
+        """Yield :class:`TokenRecord` per image, in key order."""
+        for b in self.iter_batches(batch_rows):
+            levels = b.tokens if isinstance(b.tokens, tuple) else None
+            for j, key in enumerate(b.keys):
+                tokens = tuple(t[j] for t in levels) if levels else b.tokens[j]
+                yield TokenRecord(key, int(b.widths[j]), int(b.heights[j]), tokens, None if b.labels is None else int(b.labels[j]))
 
     def __iter__(self) -> Iterator[TokenRecord]:
         return self.iter_rows()
@@ -1036,8 +956,8 @@ class TokenDataset:
         """Yield one int64 ``[N]`` LLM id sequence per image (default bridge: raw flat ids, no markers,
         as :meth:`Tokenizer.flatten`)."""
         bridge = bridge or self.bridge()
-        for row in self.iter_rows():
-            yield bridge.to_llm(row.tokens)
+        for b in self.iter_batches():
+            yield from bridge.to_llm(b.tokens)
 
     def to_memmap(self, out_dir: str | os.PathLike | None = None, *, bridge: LLMBridge | None = None, dtype: str | None = None) -> dict:
         """See :func:`export_memmap`."""
@@ -1089,12 +1009,14 @@ def export_memmap(
     count = 0
     try:
         with open(tmps[0], "wb") as fb, open(tmps[2], "w", encoding="utf-8") as fk:
-            for i, row in enumerate(ds.iter_rows()):
-                seq = bridge.to_llm(row.tokens).numpy().astype(dtype)
-                fb.write(seq.tobytes())
-                count += seq.size
-                offsets[i + 1] = count
-                fk.write(json.dumps(row.key) + "\n")
+            i = 0
+            for b in ds.iter_batches():
+                seqs = bridge.to_llm(b.tokens).numpy().astype(dtype)  # [B, L]: one grid shape per batch
+                fb.write(seqs.tobytes())
+                offsets[i + 1 : i + 1 + len(seqs)] = count + seqs.shape[1] * np.arange(1, len(seqs) + 1)
+                count += seqs.size
+                i += len(seqs)
+                fk.write("".join(json.dumps(k) + "\n" for k in b.keys))
         offsets.flush()
         del offsets
         for tmp, name in zip(tmps, names):
