@@ -5,10 +5,14 @@
 
 Recipes (each writes the tokens of the same N JPEGs with the same model and preprocessing):
 
-- ``model_only``: ``tok.encode_pixels`` on already-decoded, already-resized batches (no I/O): the
-  ceiling every recipe is compared to.
+- ``model_only``: ``tok.encode_pixels`` on already-decoded, already-resized batches of
+  ``--batch-size`` (no I/O): the ceiling every recipe is compared to. ``model_only_b1``: the same,
+  one image per call (added when ``--batch-size`` is not 1; on a 1-thread CPU small batches can be
+  faster, since activations stay in cache).
 - ``imagetok``: a fresh ``tokenize_dataset`` run into an empty folder (decode in loader processes,
-  encode, Parquet shards with atomic commits, merge).
+  encode, Parquet shards with atomic commits, merge). ``imagetok_draft``: the same with ``--draft``
+  (JPEG DCT-domain downscaling while decoding: less decode work; tokens differ slightly from
+  ``encode()``, which is why it is opt-in).
 - ``llamagen``: the loop of LlamaGen's ``autoregressive/train/extract_codes_c2i.py``, rewritten here
   (not copied): a ``torch.utils.data.DataLoader`` with ``batch_size=1`` and loader workers, one
   forward pass per image, one ``.npy`` of codes and one of the label per image. The original also
@@ -16,6 +20,10 @@ Recipes (each writes the tokens of the same N JPEGs with the same model and prep
   work); by default both sides encode each image once.
 - ``datasets_map``: a plain ``datasets.Dataset.map(batched=True)`` over an ``Image()`` column, the
   function decoding and encoding in the same process (no ``num_proc``), results in the Arrow cache.
+
+CPU seconds per image (this process plus its loader processes) are reported next to images/s: on a
+shared machine whose scheduler gives each session one share (Linux autogroup), decoding in another
+process is not free, and wall-clock ratios then measure CPU cost rather than overlap.
 
 Runs are interleaved (model_only, imagetok, llamagen, datasets_map, then again ...) because this
 machine's speed drifts with other load; medians and bests are reported with the load average. On
@@ -32,6 +40,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,12 +76,23 @@ def run_model_only(tok: Tokenizer, batches: list[torch.Tensor], **_) -> None:
     _sync(tok)
 
 
-def run_imagetok(tok: Tokenizer, src: Path, work: Path, args: argparse.Namespace, **_) -> None:
+def run_model_only_b1(tok: Tokenizer, batches: list[torch.Tensor], **_) -> None:
+    for x in batches:
+        for i in range(x.shape[0]):
+            tok.encode_pixels(x[i : i + 1])
+    _sync(tok)
+
+
+def run_imagetok(tok: Tokenizer, src: Path, work: Path, args: argparse.Namespace, draft: bool = False, **_) -> None:
     out = work / "imagetok"
     shutil.rmtree(out, ignore_errors=True)
     s = tokenize_dataset(src, out, model=tok, batch_size=args.batch_size, workers=args.workers,
-                         shard_size=args.shard_size, progress=False)
+                         shard_size=args.shard_size, progress=False, draft=draft)
     assert s["complete"] and s["failed"] == 0 and s["rows"] == s["images"], s
+
+
+def run_imagetok_draft(tok: Tokenizer, src: Path, work: Path, args: argparse.Namespace, **_) -> None:
+    run_imagetok(tok, src, work, args, draft=True)
 
 
 class _FolderImages(torch.utils.data.Dataset):
@@ -113,6 +133,7 @@ def run_llamagen(tok: Tokenizer, paths: list[Path], work: Path, args: argparse.N
 def run_datasets_map(tok: Tokenizer, paths: list[Path], work: Path, args: argparse.Namespace, **_) -> None:
     import datasets
 
+    datasets.disable_progress_bars()
     cache = work / "hfcache"
     shutil.rmtree(cache, ignore_errors=True)
     ds = datasets.Dataset.from_dict({"image": [str(p) for p in paths]}).cast_column("image", datasets.Image())
@@ -125,6 +146,13 @@ def run_datasets_map(tok: Tokenizer, paths: list[Path], work: Path, args: argpar
     out = ds.map(encode, batched=True, batch_size=args.batch_size, remove_columns=["image"],
                  cache_file_name=str(cache / "tokens.arrow"), load_from_cache_file=False, desc=None)
     assert len(out) == len(paths)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (loader processes are joined by the end
+    of each recipe), user + system."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 # --------------------------------------------------------------------------------- GPU sampler
@@ -175,7 +203,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fast", action="store_true", help="Tokenizer.fast for every recipe")
     ap.add_argument("--llamagen-flip", action="store_true", help="encode a flipped copy too, as the original recipe does")
-    ap.add_argument("--recipes", default="model_only,imagetok,llamagen,datasets_map")
+    ap.add_argument("--recipes", default="model_only,imagetok,imagetok_draft,llamagen,datasets_map")
     ap.add_argument("--json", type=Path, default=None, help="append the result here (JSON lines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,21 +224,27 @@ def main() -> None:
         n = len(paths)
         x = tok.preprocess([str(p) for p in paths])[0]
         batches = [b.to(tok.device) for b in torch.split(x, args.batch_size)]
-        fns = {"model_only": run_model_only, "imagetok": run_imagetok, "llamagen": run_llamagen, "datasets_map": run_datasets_map}
+        fns = {"model_only": run_model_only, "model_only_b1": run_model_only_b1, "imagetok": run_imagetok,
+               "imagetok_draft": run_imagetok_draft, "llamagen": run_llamagen, "datasets_map": run_datasets_map}
+        if args.batch_size != 1 and "model_only" in recipes and "model_only_b1" not in recipes:
+            recipes.insert(recipes.index("model_only") + 1, "model_only_b1")
         kw = {"batches": batches, "src": src, "paths": paths, "work": work, "args": args}
         for r in recipes:  # warm-up: code paths, page cache, cuDNN autotuning
             fns[r](tok, **kw)
         times: dict[str, list[float]] = {r: [] for r in recipes}
+        cpu: dict[str, list[float]] = {r: [] for r in recipes}
         busy: dict[str, list[float]] = {r: [] for r in recipes}
         load0 = os.getloadavg()
         for rnd in range(args.rounds):
             for r in recipes:
                 with GpuBusy(tok.device.type == "cuda", tok.device.index or 0) as g:
                     _sync(tok)
+                    c = _cpu_seconds()
                     t = time.perf_counter()
                     fns[r](tok, **kw)
                     _sync(tok)
                     times[r].append(time.perf_counter() - t)
+                    cpu[r].append(_cpu_seconds() - c)
                 if g.busy is not None:
                     busy[r].append(g.busy)
             print(f"round {rnd}: " + ", ".join(f"{r} {n / times[r][-1]:.1f} img/s" for r in recipes), file=sys.stderr)
@@ -226,6 +260,7 @@ def main() -> None:
             "vs_model_only": {r: {"median": statistics.median(times["model_only"]) / statistics.median(t),
                                   "best": min(times["model_only"]) / min(t)}
                               for r, t in times.items()} if "model_only" in times else None,
+            "cpu_s_per_image": {r: statistics.median(c) / n for r, c in cpu.items()},
             "gpu_busy": {r: statistics.mean(b) for r, b in busy.items() if b} or None,
             "loadavg_before_after": [load0, load1],
         }

@@ -164,6 +164,8 @@ def test_hf_parquet_dataset_tokens_equal_encode(hf_dataset, model_dir, tok, tmp_
     assert json.loads((out / "dataset_info.json").read_text())["labels"] == {"source": "column:label", "num_classes": 2}
     with pytest.raises(InputError, match="not both"):
         tokenize_dataset(d, tmp_path / "x", model=str(model_dir), split="train", label_column="label", labels="folder")
+    with pytest.raises(InputError, match="use label_column"):
+        tokenize_dataset(d, tmp_path / "x", model=str(model_dir), split="train", labels="folder")
     # several splits and no --split: refused, not mixed
     rc = cli_main(["tokenize-dataset", str(d), "--out", str(tmp_path / "o2"), "--model", str(model_dir), "--quiet"])
     assert rc == 1 and "choose one with --split" in capsys.readouterr().err

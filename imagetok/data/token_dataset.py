@@ -9,7 +9,9 @@ Command line: ``imagetok tokenize-dataset SRC --out DIR``; several processes / m
 ``torchrun --nproc-per-node N -m imagetok tokenize-dataset ...``.
 
 **Sources** are walked by :mod:`imagetok.data.sources` (folders, list files, ``.tar`` shards and
-patterns). Work is the sorted list of keys, cut into fixed shards of ``shard_size`` keys: shard
+patterns), by :mod:`imagetok.data.remote` for the same kinds at fsspec URLs (``s3://``, ``gs://``,
+``hf://``, ``https://``), and read by :mod:`imagetok.data.tables` for Parquet image tables and
+Hugging Face datasets (``hf://datasets/org/name``; rows in table order). Work is the sorted list of keys, cut into fixed shards of ``shard_size`` keys: shard
 ``i`` holds keys ``[i * shard_size, (i + 1) * shard_size)``; with ``W`` processes, rank ``r`` does
 the shards with ``i % W == r``.
 
@@ -27,7 +29,8 @@ order, levels concatenated coarse to fine, each level's own ids). The tokens equ
 ``Tokenizer.encode(path, size=size)`` of the same file.
 
 **Safety.** A shard is written under a temporary name and renamed when complete, after its error
-list; a rerun skips shards that exist and redoes the others, so a killed run never leaves a
+list (``DIR`` at an object-store URL: uploaded whole once complete, then verified; see
+:mod:`imagetok.data.remote`); a rerun skips shards that exist and redoes the others, so a killed run never leaves a
 duplicate, a gap, or a partial shard under a final name. A rerun with another model, size, shard
 size or source list is refused. Unreadable, corrupt or non-image files are recorded (key, error)
 and skipped; the summary and exit status report them.
@@ -542,8 +545,10 @@ def tokenize_dataset(
     """Tokenize every image under ``src`` into Parquet shards in ``out`` (see the module docstring).
 
     Args:
-        src: a folder, a text file listing image paths, a ``.tar`` shard or a pattern of them.
-        out: output folder (created). A rerun into the same folder resumes.
+        src: a folder, a text file listing image paths, a ``.tar`` shard or a pattern of them, a
+            Parquet file / folder / Hugging Face dataset; local or at an fsspec URL.
+        out: output folder (created), local or at an object-store URL (``s3://``, ``gs://``,
+            ``hf://``...). A rerun into the same folder resumes.
         model: an :class:`imagetok.Tokenizer`, or a name/folder for ``Tokenizer.from_pretrained``
             (None: the bundled model).
         size: resize+crop side (default: the model's ``resolution``; None keeps each image's size,
@@ -570,7 +575,8 @@ def tokenize_dataset(
         max_member_bytes: tar members larger than this fail (listed in ``errors.jsonl``) instead of
             being read into memory.
         fast: the fast path (:attr:`Tokenizer.fast`: bfloat16 network, float32 nearest-code
-            search; tokens do not depend on the batch, but may differ from the exact path's).
+            search; tokens do not depend on the batch, but may differ from the exact path's). Sets
+            ``model.fast`` when ``model`` is a Tokenizer. A resume must use the same setting.
         image_column, key_column, label_column, split: for table sources (Parquet, Hugging Face
             datasets; see :mod:`imagetok.data.tables`); ``label_column`` adds the ``label`` column
             like ``labels``.
@@ -615,6 +621,8 @@ def tokenize_dataset(
             out.local.mkdir(parents=True, exist_ok=True)
         work = open_source(src, image_column=image_column, key_column=key_column, label_column=label_column,
                            split=split, max_member_bytes=max_member_bytes)
+        if labels is not None and getattr(work, "kind", None) == "table":
+            raise InputError("a table source takes its labels from a column: use label_column (--label-column), not labels")
         if label_column is not None:
             label_ids, label_info = column_labels(work)
         else:
