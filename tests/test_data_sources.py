@@ -92,7 +92,7 @@ def test_walker_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files found"):
         list_images(tmp_path / "empty")
-    with pytest.raises(InputError, match="no such folder"):
+    with pytest.raises(InputError, match="folder not found"):
         list_images(tmp_path / "missing")
 
 
