@@ -47,7 +47,9 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="imagetok-parent-watchdog").start()
 
 
-def _worker(fn: Callable[[int], Any], conn: Any, parent: int, init: Callable[[], None] | None) -> None:
+def _worker(fn: Callable[[int], Any], conn: Any, parent: int, init: Callable[[], None] | None, siblings: list) -> None:
+    for c in siblings:  # forked copies of the parent's ends of other workers' pipes: without them a pipe
+        c.close()  # closes when the parent dies, so an idle worker sees EOF
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if init is not None:
@@ -97,7 +99,8 @@ class Loader:
     # ------------------------------------------------------------------------------ workers
     def _start(self) -> dict:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        p = self.ctx.Process(target=_worker, args=(self.fn, child_conn, os.getpid(), self.init), daemon=True,
+        siblings = [parent_conn] + [w["conn"] for w in self.procs] if self.ctx.get_start_method() == "fork" else []
+        p = self.ctx.Process(target=_worker, args=(self.fn, child_conn, os.getpid(), self.init, siblings), daemon=True,
                              name="imagetok-loader")
         p.start()
         child_conn.close()
