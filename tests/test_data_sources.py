@@ -164,3 +164,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _always_die(i):
+    os._exit(3)
+
+
+def test_loader_gives_up_when_workers_never_work():
+    with pytest.raises(RuntimeError, match="die before producing any result.*exit status 3"):
+        list(Loader(_always_die, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]], 2, lambda i, why: None))

@@ -94,7 +94,8 @@ class Loader:
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("fork" if "fork" in methods else "spawn")
         self.procs: list[Any] = []
-        self.crashes = 0
+        self.crashes = 0  # items whose worker died
+        self.received = 0  # results received
 
     # ------------------------------------------------------------------------------ workers
     def _start(self) -> dict:
@@ -173,6 +174,8 @@ class Loader:
                             w["conn"].close()
                             if lost:  # the first unfinished item was being worked on: it failed
                                 self.crashes += 1
+                                if self.crashes > 2 * self.workers + 2 and not self.received:
+                                    raise RuntimeError(f"loader processes die before producing any result ({_reason(w['proc'].exitcode)})")
                                 results[lost[0]] = self.on_crash(lost[0], _reason(w["proc"].exitcode))
                                 queue.extendleft(reversed(lost[1:]))
                             else:
@@ -189,6 +192,7 @@ class Loader:
         try:
             while conn.poll():
                 i, value = conn.recv()
+                self.received += 1
                 if w["todo"] and w["todo"][0] == i:
                     w["todo"].popleft()
                 results[i] = value
