@@ -154,7 +154,10 @@ class Loader:
                         break
                     i = queue.popleft()
                     w["todo"].append(i)
-                    w["conn"].send(i)
+                    try:
+                        w["conn"].send(i)
+                    except OSError:  # it just died: noticed below, and i is handed out again
+                        pass
                 while pending and all(i in results for i in pending[0]):
                     b = pending.popleft()
                     in_flight -= len(b)
