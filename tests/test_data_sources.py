@@ -6,13 +6,18 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import make_tiny_tokenizer
+import imagetok.data._loader as _loader_module
 from imagetok.data._loader import Loader
 from imagetok.data.sources import IMAGE_EXTENSIONS, iter_items, list_source, list_sources
 from imagetok.errors import InputError
@@ -92,7 +97,7 @@ def test_walker_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files found"):
         list_images(tmp_path / "empty")
-    with pytest.raises(InputError, match="no such folder"):
+    with pytest.raises(InputError, match="folder not found"):
         list_images(tmp_path / "missing")
 
 
@@ -112,3 +117,59 @@ def test_loader_survives_a_killed_worker_and_keeps_order():
     assert flat[:5] == [0, 1, 4, 9, 16] and flat[6:] == [i * i for i in range(6, 12)]
     assert flat[5][:2] == ("crashed", 5) and "SIGKILL" in flat[5][2] and "out of memory" in flat[5][2]
     assert loader.crashes == 1 and loader.procs == []  # every worker stopped
+
+
+_ORPHAN_SCRIPT = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("loader", sys.argv[1])  # stdlib only: no torch import, fast
+loader = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(loader)
+for batch in loader.Loader(lambda i: time.sleep(120), [[0, 1], [2, 3]], 2, lambda i, why: None):
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_loader_processes_exit_when_the_parent_dies(sig):
+    """Workers busy in a long decode exit when their parent is SIGKILLed or SIGTERMed (no orphans)."""
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(Path(_loader_module.__file__))])
+    try:
+        deadline = time.monotonic() + 30
+        while len(kids := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no loader processes started"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(_alive(k) for k in kids), "loader processes outlived their parent"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids |= {int(c) for c in (task / "children").read_text().split()}
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _always_die(i):
+    os._exit(3)
+
+
+def test_loader_gives_up_when_workers_never_work():
+    with pytest.raises(RuntimeError, match="die before producing any result.*exit status 3"):
+        list(Loader(_always_die, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]], 2, lambda i, why: None))

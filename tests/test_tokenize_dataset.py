@@ -624,7 +624,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig", ["SIGKILL", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~6 s each (a fresh interpreter imports torch); the fast loader-level twin is in test_data_sources.py
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_loader_processes_die_with_the_run(src, model_dir, tmp_path, sig):
     """SIGKILL or SIGTERM of tokenize-dataset while its loaders are busy leaves no loader running."""
     import signal

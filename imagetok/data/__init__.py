@@ -15,7 +15,8 @@ from typing import Any
 
 from .sources import IMAGE_EXTENSIONS, MAX_TAR_MEMBER_BYTES, WorkList, list_source, list_sources
 
-_TOKEN_DATASET = ("tokenize_dataset", "merge_dataset", "TokenDataset", "TokenRecord", "export_memmap", "tokens_from_row")
+_TOKEN_DATASET = ("tokenize_dataset", "merge_dataset", "TokenDataset", "TokenRecord", "TokenBatch", "export_memmap",
+                  "tokens_from_row")
 __all__ = ["IMAGE_EXTENSIONS", "MAX_TAR_MEMBER_BYTES", "WorkList", "list_source", "list_sources", *_TOKEN_DATASET]
 
 

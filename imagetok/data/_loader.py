@@ -47,7 +47,9 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="imagetok-parent-watchdog").start()
 
 
-def _worker(fn: Callable[[int], Any], conn: Any, parent: int, init: Callable[[], None] | None) -> None:
+def _worker(fn: Callable[[int], Any], conn: Any, parent: int, init: Callable[[], None] | None, siblings: list) -> None:
+    for c in siblings:  # forked copies of the parent's ends of other workers' pipes: without them a pipe
+        c.close()  # closes when the parent dies, so an idle worker sees EOF
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if init is not None:
@@ -92,12 +94,14 @@ class Loader:
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("fork" if "fork" in methods else "spawn")
         self.procs: list[Any] = []
-        self.crashes = 0
+        self.crashes = 0  # items whose worker died
+        self.received = 0  # results received
 
     # ------------------------------------------------------------------------------ workers
     def _start(self) -> dict:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        p = self.ctx.Process(target=_worker, args=(self.fn, child_conn, os.getpid(), self.init), daemon=True,
+        siblings = [parent_conn] + [w["conn"] for w in self.procs] if self.ctx.get_start_method() == "fork" else []
+        p = self.ctx.Process(target=_worker, args=(self.fn, child_conn, os.getpid(), self.init, siblings), daemon=True,
                              name="imagetok-loader")
         p.start()
         child_conn.close()
@@ -150,7 +154,10 @@ class Loader:
                         break
                     i = queue.popleft()
                     w["todo"].append(i)
-                    w["conn"].send(i)
+                    try:
+                        w["conn"].send(i)
+                    except OSError:  # it just died: noticed below, and i is handed out again
+                        pass
                 while pending and all(i in results for i in pending[0]):
                     b = pending.popleft()
                     in_flight -= len(b)
@@ -170,6 +177,8 @@ class Loader:
                             w["conn"].close()
                             if lost:  # the first unfinished item was being worked on: it failed
                                 self.crashes += 1
+                                if self.crashes > 2 * self.workers + 2 and not self.received:
+                                    raise RuntimeError(f"loader processes die before producing any result ({_reason(w['proc'].exitcode)})")
                                 results[lost[0]] = self.on_crash(lost[0], _reason(w["proc"].exitcode))
                                 queue.extendleft(reversed(lost[1:]))
                             else:
@@ -186,6 +195,7 @@ class Loader:
         try:
             while conn.poll():
                 i, value = conn.recv()
+                self.received += 1
                 if w["todo"] and w["todo"][0] == i:
                     w["todo"].popleft()
                 results[i] = value

@@ -322,7 +322,7 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder")
+        raise InputError(f"{root}: folder not found")
     files, tars, _ = walk_folder(root)
     if not files:
         hint = f" ({len(tars)} .tar shard(s) found: tar members are not read here)" if tars else ""
