@@ -193,6 +193,7 @@ class GpuBusy:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder/name (default: the bundled config with random weights)")
+    ap.add_argument("--config", default=None, help="a model config as JSON (random weights), e.g. a taming f16 VQGAN")
     ap.add_argument("--images", type=Path, default=None, help="folder of JPEGs (default: N synthetic 1024x768 JPEGs)")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
@@ -207,7 +208,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="append the result here (JSON lines)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    tok = Tokenizer.from_pretrained(args.model, device=args.device) if args.model else Tokenizer.from_config(BUNDLED_CONFIG, seed=0).to(args.device)
+    if args.model:
+        tok = Tokenizer.from_pretrained(args.model, device=args.device)
+    else:
+        tok = Tokenizer.from_config(json.loads(args.config) if args.config else BUNDLED_CONFIG, seed=0).to(args.device)
     tok.fast = args.fast
     recipes = args.recipes.split(",")
     work = Path(tempfile.mkdtemp(prefix="imagetok-recipes-"))
@@ -253,7 +257,7 @@ def main() -> None:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                        f"{args.threads} thread(s) in the main process, device {tok.device}"
                        + (f" ({torch.cuda.get_device_name(tok.device)})" if tok.device.type == "cuda" else ""),
-            "model": args.model or "bundled config (vqgan f8, 4096 codes, ch=32), random weights",
+            "model": args.model or (f"config {args.config}, random weights" if args.config else "bundled config (vqgan f8, 4096 codes, ch=32), random weights"),
             "images": n, "size": tok.default_size, "batch_size": args.batch_size, "workers": args.workers,
             "fast": args.fast, "llamagen_flip": args.llamagen_flip, "rounds": args.rounds,
             "img_s": {r: {"median": n / statistics.median(t), "best": n / min(t)} for r, t in times.items()},

@@ -20,6 +20,11 @@ the ``key_column`` value (rows with a key seen before are skipped: one row per k
 ``<file path relative to the source>#<row>``. ``label_column`` values (ints or strings; ClassLabel
 names are kept in :attr:`TableSource.label_names`) travel with each row.
 
+Reading: each loader process reads the image column of one Parquet row group at a time and keeps
+it while its rows are used; consecutive batches go to different processes, so with ``W`` loader
+processes a row group may be read up to ``W`` times (cheap locally; on object stores prefer row
+groups of a few hundred images, as ``datasets`` writes them).
+
 When a folder holds several splits (``train-*.parquet`` and ``test-*.parquet``, or ``train/`` and
 ``test/`` folders), choose one with ``split``: mixing splits silently is refused.
 """
