@@ -12,6 +12,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -222,3 +223,29 @@ def test_fast_tokens_do_not_depend_on_batch(model_dir, tmp_path):
     # a resume must not mix fast and exact tokens
     with pytest.raises(InputError, match="tokenizer.network"):
         tokenize_dataset(src, tmp_path / "fast1", model=str(model_dir), workers=0, progress=False)
+
+
+def test_batch_encoder_order_shapes_and_lag(tok):
+    """The encoder behind tokenize-dataset: mixed shapes and failed items in one batch, and the
+    one-batch-late order the CUDA path uses (run here on CPU with lag=1)."""
+    from imagetok import image as _image
+    from imagetok.data.encode import BatchEncoder
+
+    class It:
+        def __init__(self, index, pixels):
+            self.index, self.pixels = index, pixels
+
+    arrays = [_image.fit(smooth_image(h, w, s), None, 4) for h, w, s in [(32, 32, 1), (24, 40, 2), (32, 32, 3), (16, 16, 4)]]
+    batches = [[It(0, arrays[0]), It(1, arrays[1]), It(2, None)], [It(3, arrays[2])], [It(4, arrays[3])]]
+    expect = {i: tok.encode(a, size=None) for i, a in zip([0, 1, 3, 4], arrays)}
+    for lag in (0, 1):
+        enc = BatchEncoder(tok, lag=lag)
+        out = [enc.submit(b) for b in batches] + [enc.flush()]
+        assert [len(o) for o in out] == ([1, 1, 1, 0] if lag == 0 else [0, 1, 1, 1])
+        done = [d for o in out for d in o]
+        assert [b for b, _ in done] == batches  # every batch once, in order
+        encoded = {k: v for _, e in done for k, v in e.items()}
+        assert sorted(encoded) == [0, 1, 3, 4]  # the item without pixels is left out
+        for i, t in expect.items():
+            grid, flat = encoded[i]
+            assert grid == list(t.shape) and np.array_equal(flat, t.reshape(-1).numpy())

@@ -27,13 +27,15 @@ class BatchEncoder:
 
     Use :meth:`submit` per batch and :meth:`flush` at the end; each returns ``[(batch, encoded)]``
     for the batches that are finished, in submission order (``encoded``: item index -> ``(grid,
-    flat tokens)``; items without pixels are left out).
+    flat tokens)``; items without pixels are left out). ``lag``: how many batches stay in flight
+    (default 1 on CUDA, 0 on CPU).
     """
 
-    def __init__(self, tok: Any):
+    def __init__(self, tok: Any, lag: int | None = None):
         self.tok = tok
         self.levels = len(tok.codebook_sizes)
         self.cuda = tok.device.type == "cuda"
+        self.lag = (1 if self.cuda else 0) if lag is None else lag  # CUDA: return the previous batch while this one runs
         self._pending: list[tuple[Any, list]] = []
 
     def submit(self, batch: Sequence[Any], tag: Any = None) -> list[tuple[Any, Encoded]]:
@@ -43,9 +45,8 @@ class BatchEncoder:
             by_shape.setdefault((it.pixels.shape, it.pixels.dtype.str), []).append(it)
         groups = [(group, self._launch(group)) for group in by_shape.values()]
         self._pending.append((tag if tag is not None else batch, groups))
-        keep = 1 if self.cuda else 0  # CUDA: return the previous batch while this one runs
         done = []
-        while len(self._pending) > keep:
+        while len(self._pending) > self.lag:
             done.append(self._finish(*self._pending.pop(0)))
         return done
 
@@ -72,7 +73,7 @@ class BatchEncoder:
             buf.copy_(t.to(torch.int32), non_blocking=True)
             outs.append(buf)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(dev))  # the stream all of the above was queued on
         return (outs, event)
 
     def _finish(self, tag: Any, groups: list) -> tuple[Any, Encoded]:
