@@ -19,6 +19,7 @@ import collections
 import ctypes
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
 import threading
@@ -47,21 +48,37 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="imagetok-parent-watchdog").start()
 
 
-def _worker(fn: Callable[[int], Any], conn: Any, parent: int, init: Callable[[], None] | None, siblings: list) -> None:
-    for c in siblings:  # forked copies of the parent's ends of other workers' pipes: without them a pipe
-        c.close()  # closes when the parent dies, so an idle worker sees EOF
+def _worker(fn: Callable[[int], Any], ctrl: Any, data: Any, parent: int, init: Callable[[], None] | None,
+            siblings: list) -> None:
+    """Receive indices on ``ctrl``; say "started i" on ``ctrl`` before each item, and send results on
+    ``data`` from a thread, so sending one result overlaps decoding the next."""
+    for c in siblings:  # forked copies of the parent's pipe ends: without them a pipe closes when the
+        c.close()  # parent dies, so an idle worker sees EOF
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if init is not None:
         init()
+    out: queue.SimpleQueue = queue.SimpleQueue()
+
+    def sender() -> None:
+        while (item := out.get()) is not None:
+            try:
+                data.send(item)
+            except OSError:  # the parent is gone
+                os._exit(0)
+        os._exit(0)
+
+    threading.Thread(target=sender, daemon=True, name="imagetok-loader-sender").start()
     while True:
         try:
-            i = conn.recv()
+            i = ctrl.recv()
+            if i is None:
+                out.put(None)
+                return  # the sender exits the process once everything is sent
+            ctrl.send(i)  # started i
         except (EOFError, OSError):  # the parent is gone
             os._exit(0)
-        if i is None:
-            os._exit(0)
-        conn.send((i, fn(i)))
+        out.put((i, fn(i)))
 
 
 def _reason(exitcode: int | None) -> str:
@@ -99,13 +116,16 @@ class Loader:
 
     # ------------------------------------------------------------------------------ workers
     def _start(self) -> dict:
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        siblings = [parent_conn] + [w["conn"] for w in self.procs] if self.ctx.get_start_method() == "fork" else []
-        p = self.ctx.Process(target=_worker, args=(self.fn, child_conn, os.getpid(), self.init, siblings), daemon=True,
-                             name="imagetok-loader")
+        ctrl, child_ctrl = self.ctx.Pipe(duplex=True)
+        data, child_data = self.ctx.Pipe(duplex=False)
+        fork = self.ctx.get_start_method() == "fork"
+        siblings = [ctrl, data] + [c for w in self.procs for c in (w["ctrl"], w["data"])] if fork else []
+        p = self.ctx.Process(target=_worker, args=(self.fn, child_ctrl, child_data, os.getpid(), self.init, siblings),
+                             daemon=True, name="imagetok-loader")
         p.start()
-        child_conn.close()
-        w = {"proc": p, "conn": parent_conn, "todo": collections.deque()}
+        child_ctrl.close()
+        child_data.close()
+        w = {"proc": p, "ctrl": ctrl, "data": data, "todo": collections.deque(), "started": []}
         self.procs.append(w)
         return w
 
@@ -115,7 +135,7 @@ class Loader:
 
         for w in self.procs:
             try:
-                w["conn"].send(None)
+                w["ctrl"].send(None)
             except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + 1.0
@@ -124,14 +144,15 @@ class Loader:
             if w["proc"].is_alive():
                 w["proc"].kill()
                 w["proc"].join()
-            w["conn"].close()
+            w["ctrl"].close()
+            w["data"].close()
         self.procs = []
 
     # ---------------------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[list[Any]]:
         batches = iter(self.batches)
         pending: collections.deque[list[int]] = collections.deque()  # batches issued, not yet yielded
-        queue: collections.deque[int] = collections.deque()  # indices to (re)issue, in order
+        waiting: collections.deque[int] = collections.deque()  # indices to (re)issue, in order
         results: dict[int, Any] = {}
         workers = [self._start() for _ in range(self.workers)]
         in_flight = 0
@@ -146,16 +167,17 @@ class Loader:
                         exhausted = True
                         break
                     pending.append(list(b))
-                    queue.extend(b)
+                    waiting.extend(b)
                     in_flight += len(b)
-                while queue:  # hand out work: each worker holds at most two items
+                depth = max(2, -(-window // self.workers))  # items a worker may hold: it never waits for this process
+                while waiting:  # hand out work to the least busy worker
                     w = min(workers, key=lambda w: len(w["todo"]))
-                    if len(w["todo"]) >= 2:
+                    if len(w["todo"]) >= depth:
                         break
-                    i = queue.popleft()
+                    i = waiting.popleft()
                     w["todo"].append(i)
                     try:
-                        w["conn"].send(i)
+                        w["ctrl"].send(i)
                     except OSError:  # it just died: noticed below, and i is handed out again
                         pass
                 while pending and all(i in results for i in pending[0]):
@@ -166,22 +188,27 @@ class Loader:
                     return
                 if not pending:
                     continue
-                ready = wait([w["conn"] for w in workers] + [w["proc"].sentinel for w in workers])
+                ready = wait([c for w in workers for c in (w["ctrl"], w["data"], w["proc"].sentinel)])
                 for w in list(workers):
-                    if w["conn"] in ready or w["proc"].sentinel in ready:
+                    if w["ctrl"] in ready or w["data"] in ready or w["proc"].sentinel in ready:
                         if not self._drain(w, results):
                             workers.remove(w)
                             self.procs.remove(w)
-                            lost = list(w["todo"])
                             w["proc"].join()
-                            w["conn"].close()
-                            if lost:  # the first unfinished item was being worked on: it failed
+                            self._drain(w, results)  # anything sent before it died
+                            w["ctrl"].close()
+                            w["data"].close()
+                            lost = list(w["todo"])
+                            started = [i for i in w["started"] if i in lost]
+                            if started:  # the last item it started was being worked on: that one failed
+                                bad = started[-1]
                                 self.crashes += 1
                                 if self.crashes > 2 * self.workers + 2 and not self.received:
                                     raise RuntimeError(f"loader processes die before producing any result ({_reason(w['proc'].exitcode)})")
-                                results[lost[0]] = self.on_crash(lost[0], _reason(w["proc"].exitcode))
-                                queue.extendleft(reversed(lost[1:]))
-                            else:
+                                results[bad] = self.on_crash(bad, _reason(w["proc"].exitcode))
+                                waiting.extendleft(reversed([i for i in lost if i != bad]))
+                            else:  # died before starting any of its items: hand them out again
+                                waiting.extendleft(reversed(lost))
                                 idle_deaths += 1
                                 if idle_deaths > 2 * self.workers:
                                     raise RuntimeError(f"loader processes keep dying before any work ({_reason(w['proc'].exitcode)})")
@@ -190,15 +217,21 @@ class Loader:
             self.close()
 
     def _drain(self, w: dict, results: dict[int, Any]) -> bool:
-        """Receive every finished result of ``w``; False if the worker is dead."""
-        conn = w["conn"]
+        """Receive every "started" mark and finished result of ``w``; False if the worker is gone."""
+        alive = True
         try:
-            while conn.poll():
-                i, value = conn.recv()
+            while w["ctrl"].poll():
+                w["started"].append(w["ctrl"].recv())
+        except (EOFError, OSError):
+            alive = False
+        try:
+            while w["data"].poll():
+                i, value = w["data"].recv()
                 self.received += 1
-                if w["todo"] and w["todo"][0] == i:
-                    w["todo"].popleft()
+                w["todo"].remove(i)
                 results[i] = value
-        except (EOFError, OSError):  # the pipe closed: the worker is gone
-            return False
-        return w["proc"].is_alive()
+        except (EOFError, OSError):
+            alive = False
+        if len(w["started"]) > 64:  # only the unfinished tail matters
+            w["started"] = [i for i in w["started"] if i in w["todo"]]
+        return alive and w["proc"].is_alive()
