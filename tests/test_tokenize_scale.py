@@ -4,6 +4,7 @@ datasets (local and hf://), --fast, and refusals where a guarantee cannot be kep
 # ruff: noqa: F811  (pytest fixtures imported from hub_server / s3_server are test-function parameters)
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import subprocess
@@ -124,6 +125,10 @@ def test_url_refusals(s3, model_dir, tmp_path, capsys):
     assert not fs.exists(f"{bucket}/o")  # refused before any work
     with pytest.raises(InputError, match="no such"):
         tokenize_dataset(f"{bucket}/missing", tmp_path / "o", model=str(model_dir), workers=0, progress=False)
+    if importlib.util.find_spec("gcsfs") is None:  # a missing filesystem package: one line naming it
+        rc = cli_main(["tokenize-dataset", "gs://bucket/images", "--out", str(tmp_path / "g"), "--model", str(model_dir), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "gs:// needs gcsfs (pip install gcsfs)" in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------- Hugging Face image datasets

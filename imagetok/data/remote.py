@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from .sources import MAX_TAR_MEMBER_BYTES, WorkList, _Packed
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def require_fsspec(url: str) -> Any:
     try:
         import fsspec
     except ImportError:
-        raise ImportError(f"{url}: reading or writing URLs needs fsspec: pip install 'imagetok[remote]'") from None
+        raise MissingDependencyError(f"{url}: reading or writing URLs needs fsspec: pip install 'imagetok[remote]'") from None
     return fsspec
 
 
@@ -85,7 +85,7 @@ def url_to_fs(url: str) -> tuple[Any, str]:
         return fsspec.core.url_to_fs(url)
     except ImportError as e:
         pkg = _PACKAGES.get(proto, f"the fsspec implementation of {proto}://")
-        raise ImportError(f"{url}: {proto}:// needs {pkg} (pip install {pkg}): {e}") from None
+        raise MissingDependencyError(f"{url}: {proto}:// needs {pkg} (pip install {pkg}): {e}") from None
     except ValueError as e:
         raise InputError(f"{url}: not a usable fsspec URL: {e}") from None
 
@@ -436,7 +436,7 @@ def open_output(target: str | os.PathLike) -> Output:
 
     Raises:
         InputError: the URL's filesystem cannot commit files atomically.
-        ImportError: fsspec or the protocol's package is missing.
+        MissingDependencyError: fsspec or the protocol's package is missing.
     """
     p = local_path(target)
     if p is not None:

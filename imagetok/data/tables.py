@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from . import remote
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
@@ -54,7 +54,7 @@ def _require_pyarrow() -> Any:
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise ImportError("reading Parquet image tables needs pyarrow: pip install 'imagetok[datasets]'") from None
+        raise MissingDependencyError("reading Parquet image tables needs pyarrow: pip install 'imagetok[datasets]'") from None
     return pyarrow
 
 
