@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagetok import Tokenizer  # noqa: E402
 from imagetok import image as _image  # noqa: E402
-from imagetok.tokenize_dataset import _Images, _identity, list_source, tokenize_dataset  # noqa: E402
+from imagetok.data.sources import list_source  # noqa: E402
+from imagetok.data.token_dataset import _Images, _load_batches, tokenize_dataset  # noqa: E402
 
 BUNDLED_CONFIG = {"family": "vqgan", "ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [],
                   "z_channels": 64, "embed_dim": 8, "n_embed": 4096, "codebook_norm": "l2", "resolution": 256}
@@ -134,10 +135,9 @@ def end_to_end(tok: Tokenizer, src: Path, work: Path, args, measure_memory: bool
 
 def loader_only(src: Path, size: int, factor: int, workers: int, batch_size: int) -> float:
     work = list_source(src)
-    loader = torch.utils.data.DataLoader(_Images(work, size, factor, True), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=_identity)
+    batches = [list(range(i, min(i + batch_size, len(work)))) for i in range(0, len(work), batch_size)]
     t = time.perf_counter()
-    n = sum(len(b) for b in loader)
+    n = sum(len(b) for b in _load_batches(_Images(work, size, factor, True), batches, workers))
     return n / (time.perf_counter() - t)
 
 

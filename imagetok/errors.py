@@ -42,3 +42,7 @@ class HubError(ImagetokError, OSError):
 
 class NoDecoderError(ImagetokError, NotImplementedError):
     """The model has no decoder (an encoder-only conversion), so tokens cannot become images."""
+
+
+class MissingDependencyError(ImagetokError, ImportError):
+    """An optional dependency (pyarrow for token datasets, matplotlib for plots) is not installed."""

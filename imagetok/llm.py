@@ -687,3 +687,89 @@ def get_layout(name: str, hf_tokenizer: Any = None, *, codebook_size: int | None
     if name in ("show-o", "liquid"):
         return LAYOUTS[name](k, hf_tokenizer=hf_tokenizer)  # type: ignore[call-arg]
     return LAYOUTS[name](k, hf_tokenizer)  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------ vocabulary remaps (from usage)
+# Drop codes a dataset never uses, for a smaller LLM vocabulary (``imagetok usage --remap``).
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from .usage import DatasetUsage, UsageReport
+
+REMAP_FORMAT = "imagetok-remap/1"
+
+
+def remap_unused(report: "UsageReport") -> tuple[torch.Tensor, torch.Tensor]:
+    """A renumbering that drops codes never used (smaller LLM vocabulary).
+
+    Returns:
+        ``(old_to_new, new_to_old)``: int64 ``[K]`` with -1 for dropped codes, and int64
+        ``[codes_used]`` (ascending old ids, so the new ids keep the old order).
+    """
+    counts = torch.tensor(report.counts, dtype=torch.int64)
+    new_to_old = torch.nonzero(counts > 0).flatten()
+    old_to_new = torch.full((report.codebook_size,), -1, dtype=torch.int64)
+    old_to_new[new_to_old] = torch.arange(new_to_old.numel())
+    return old_to_new, new_to_old
+
+
+def apply_remap(tokens: Any, old_to_new: torch.Tensor) -> torch.Tensor:
+    """Old ids -> new ids. Raises InputError if a token uses a dropped code."""
+    t = _as_long(tokens, "token ids").cpu()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= old_to_new.numel()):
+        raise InputError(f"token ids must lie in [0, {old_to_new.numel()})")
+    out = old_to_new[t]
+    if (out < 0).any():
+        dropped = sorted(set(t[out < 0].tolist()))[:10]
+        raise InputError(f"tokens use code(s) {dropped} that the remap dropped (unused when it was built)")
+    return out
+
+
+def undo_remap(tokens: Any, new_to_old: torch.Tensor) -> torch.Tensor:
+    """New ids -> original ids (for decoding with the unchanged model)."""
+    t = _as_long(tokens, "token ids").cpu()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= new_to_old.numel()):
+        raise InputError(f"remapped token ids must lie in [0, {new_to_old.numel()})")
+    return new_to_old[t]
+
+
+def save_remap(usage: "DatasetUsage", path: str | os.PathLike) -> Path:
+    """Write the remap of every level as JSON: ``{"format", "model", "config_hash", "levels":
+    [{"name", "codebook_size", "new_size", "new_to_old"}]}``."""
+    levels = []
+    for r in usage.levels:
+        _, new_to_old = remap_unused(r)
+        levels.append({"name": r.name, "codebook_size": r.codebook_size, "new_size": int(new_to_old.numel()),
+                       "new_to_old": new_to_old.tolist()})
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"format": REMAP_FORMAT, "model": usage.model, "config_hash": usage.config_hash,
+                                   "levels": levels}) + "\n")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def load_remap(path: str | os.PathLike) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Read :func:`save_remap` output: ``(old_to_new, new_to_old)`` per level."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        if data.get("format") != REMAP_FORMAT:
+            raise InputError(f"{p}: not an imagetok remap file (format {data.get('format')!r})")
+        out = []
+        for lv in data["levels"]:
+            new_to_old = torch.tensor(lv["new_to_old"], dtype=torch.int64)
+            old_to_new = torch.full((int(lv["codebook_size"]),), -1, dtype=torch.int64)
+            old_to_new[new_to_old] = torch.arange(new_to_old.numel())
+            out.append((old_to_new, new_to_old))
+        return tuple(out)
+    except InputError:
+        raise
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise InputError(f"{p}: not a readable remap file ({e})") from None

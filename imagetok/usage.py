@@ -9,9 +9,11 @@ counts over any number of batches (no rolling window, no per-batch perplexity) a
 ...     counter.update(batch)
 >>> report = counter.report()              # codes used, dead codes, perplexity, Gini...
 
-:func:`codebook_usage` does the same in one call, and :meth:`imagetok.Tokenizer.codebook_usage`
-runs a tokenizer over images, folders or a data loader and returns a :class:`DatasetUsage` (one
-report per codebook level: VQ-VAE-2 gives ``top`` and ``bottom``).
+:func:`codebook_usage` does the same in one call for one codebook (:func:`codebook_usage_levels`
+for several, e.g. VQ-VAE-2), and :meth:`imagetok.Tokenizer.codebook_usage` runs a tokenizer over
+images, folders or a data loader and returns a :class:`DatasetUsage` (one report per codebook
+level: VQ-VAE-2 gives ``top`` and ``bottom``). Tables, comparisons and plots live in the command
+line (``imagetok usage``, :mod:`imagetok.cli.usage`); vocabulary remaps in :mod:`imagetok.llm`.
 
 Definitions (``c_i`` = count of code ``i``, ``N = sum c_i``, ``p_i = c_i / N``, ``K`` = codebook size):
 
@@ -35,29 +37,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ImagetokError, InputError
+from .errors import InputError
 
 FORMAT = "imagetok-usage/1"
-REMAP_FORMAT = "imagetok-remap/1"
 DEFAULT_MAX_POSITION_CELLS = 1 << 26  # bools: 64 MiB per level
 MAX_LISTED_SKIPPED = 100  # skipped inputs listed by name; the count is always exact
-IMAGE_SUFFIXES = frozenset(
-    ".jpg .jpeg .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
-)
-PLOT_HINT = "pip install 'imagetok[plot]'  (or: pip install matplotlib)"
-
-
-class MissingDependencyError(ImagetokError, ImportError):
-    """An optional dependency (matplotlib for plots) is not installed."""
 
 
 # ------------------------------------------------------------------------------------ reports
@@ -178,63 +169,48 @@ class UsageReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: every field plus derived ``dead_count``, ``top_codes`` shares and
-        ``per_position`` (``{"grid", "distinct", "min", "mean", "max"}`` or null)."""
-        per_pos = None
-        if self.position_distinct is not None:
-            distinct = [list(r) for r in self.position_distinct]
-            per_pos = {"grid": list(self.grid), "distinct": distinct, **self.position_stats}
-        return {
-            "name": self.name,
-            "codebook_size": self.codebook_size,
-            "tokens": self.tokens,
-            "grids": self.grids,
-            "grid": list(self.grid) if self.grid else None,
-            "codes_used": self.codes_used,
-            "used_fraction": self.used_fraction,
-            "dead_count": self.dead_count,
-            "dead_codes": list(self.dead_codes),
-            "perplexity": self.perplexity,
-            "entropy_bits": self.entropy_bits,
-            "max_entropy_bits": self.max_entropy_bits,
-            "normalized_entropy": self.normalized_entropy,
-            "top1pct_share": self.top1pct_share,
-            "top10pct_share": self.top10pct_share,
-            "gini": self.gini,
-            "top_codes": [{"code": c, "count": n, "share": n / self.tokens} for c, n in self.top_codes],
-            "per_position": per_pos,
-            "per_position_note": self.position_note,
-            "counts": list(self.counts),
-        }
+        """JSON-ready dict: every field (``position_distinct`` as ``per_position``: ``{"grid",
+        "distinct", "min", "mean", "max"}`` or null; ``position_note`` as ``per_position_note``)
+        plus the derived ``dead_count`` and each top code's ``share``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        distinct, note = d.pop("position_distinct"), d.pop("position_note")
+        d.update(
+            grid=list(self.grid) if self.grid else None,
+            dead_count=self.dead_count,
+            dead_codes=list(self.dead_codes),
+            top_codes=[{"code": c, "count": n, "share": n / self.tokens} for c, n in self.top_codes],
+            per_position=None if distinct is None else {"grid": list(self.grid), "distinct": [list(r) for r in distinct],
+                                                        **self.position_stats},
+            per_position_note=note,
+            counts=list(self.counts),
+        )
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UsageReport":
         """Inverse of :meth:`to_dict` (derived keys are ignored). Raises InputError if malformed."""
         try:
-            per_pos = d["per_position"]
-            return cls(
-                codebook_size=int(d["codebook_size"]),
-                tokens=int(d["tokens"]),
-                grids=int(d["grids"]),
-                codes_used=int(d["codes_used"]),
-                used_fraction=float(d["used_fraction"]),
+            kw = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name not in _NOT_PLAIN}
+            kw.update(
                 dead_codes=tuple(int(v) for v in d["dead_codes"]),
-                perplexity=float(d["perplexity"]),
-                entropy_bits=float(d["entropy_bits"]),
-                max_entropy_bits=float(d["max_entropy_bits"]),
-                normalized_entropy=float(d["normalized_entropy"]),
-                top1pct_share=float(d["top1pct_share"]),
-                top10pct_share=float(d["top10pct_share"]),
-                gini=float(d["gini"]),
                 top_codes=tuple((int(t["code"]), int(t["count"])) for t in d["top_codes"]),
                 counts=tuple(int(v) for v in d["counts"]),
                 grid=tuple(d["grid"]) if d.get("grid") else None,
-                position_distinct=tuple(tuple(int(v) for v in r) for r in per_pos["distinct"]) if per_pos else None,
+                position_distinct=tuple(tuple(int(v) for v in r) for r in d["per_position"]["distinct"]) if d["per_position"] else None,
                 position_note=d.get("per_position_note"),
                 name=d.get("name"),
             )
+            for f in fields(cls):
+                if f.name not in kw:
+                    raise KeyError(f.name)
+                if f.type in ("int", "float"):
+                    kw[f.name] = {"int": int, "float": float}[f.type](kw[f.name])
+            return cls(**kw)
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"not a valid codebook usage report level ({type(e).__name__}: {e})") from None
+
+
+_NOT_PLAIN = {"dead_codes", "top_codes", "counts", "grid", "position_distinct", "position_note"}
 
 
 @dataclass(frozen=True)
@@ -296,9 +272,14 @@ class DatasetUsage:
             raise InputError(f"malformed imagetok usage report ({type(e).__name__}: {e})") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the JSON report."""
+        """Write the JSON report (atomically: a temporary file renamed into place)."""
         p = Path(path)
-        p.write_text(json.dumps(self.to_dict()) + "\n")
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict()) + "\n")
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
         return p
 
     @classmethod
@@ -315,21 +296,6 @@ class DatasetUsage:
             return cls.from_dict(data)
         except InputError as e:
             raise InputError(f"{p}: {e}") from None
-
-    def table(self) -> str:
-        """A readable plain-text table, one column per level."""
-        head = [
-            f"model: {self.model or 'unknown'}"
-            + (f"  ({self.family}, config {self.config_hash})" if self.config_hash else ""),
-            f"images: {self.images:,}  skipped (unreadable): {self.skipped_count:,}",
-        ]
-        cols = [(lv.name or "codes", lv) for lv in self.levels]
-        return "\n".join(head) + "\n\n" + format_table(cols) + _dead_lines(cols)
-
-    def plot(self, path: str | os.PathLike) -> Path:
-        """Write a PNG; see :func:`plot_usage`."""
-        return plot_usage(self, path)
-
 
 # ---------------------------------------------------------------------------------- counting
 def _as_index_tensor(indices: Any) -> torch.Tensor:
@@ -480,55 +446,60 @@ def _is_array(x: Any) -> bool:
 
 
 def codebook_usage(
-    tokens: Any,
-    codebook_size: int | Sequence[int],
-    *,
-    top: int = 10,
-    max_position_cells: int = DEFAULT_MAX_POSITION_CELLS,
-) -> UsageReport | tuple[UsageReport, ...]:
-    """Usage statistics of token ids, counted exactly over one tensor or any number of batches.
+    tokens: Any, codebook_size: int, *, top: int = 10, max_position_cells: int = DEFAULT_MAX_POSITION_CELLS
+) -> UsageReport:
+    """Usage statistics of one codebook's ids, counted exactly over one tensor or any number of batches.
 
     Args:
-        tokens: for one codebook (``codebook_size`` an int): an integer tensor/array
-            (``[B, h, w]``, ``[h, w]`` or ``[N]``) or an iterable of them (streamed, e.g. a generator).
-            For several levels (``codebook_size`` a sequence, e.g. ``(512, 512)`` for VQ-VAE-2): a
-            tuple of level tensors as :meth:`Tokenizer.encode` returns, or an iterable of such tuples.
-        codebook_size: K, or one K per level.
+        tokens: an integer tensor/array (``[B, h, w]``, ``[h, w]`` or ``[N]``) or an iterable of
+            them (streamed, e.g. a generator).
+        codebook_size: K.
         top: how many of the most frequent codes to list.
         max_position_cells: bound on per-position memory (see :class:`UsageCounter`).
 
-    Returns:
-        A :class:`UsageReport`, or a tuple of them (one per level) when ``codebook_size`` is a sequence.
+    Raises:
+        InputError: non-integer or out-of-range ids, no tokens at all, or several codebook sizes
+            (use :func:`codebook_usage_levels`).
+    """
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int):
+        raise InputError(f"codebook_size must be one int, got {codebook_size!r}; for several levels use codebook_usage_levels")
+    counter = UsageCounter(codebook_size, max_position_cells=max_position_cells)
+    for item in [tokens] if _is_array(tokens) else tokens:
+        counter.update(item)
+    return counter.report(top=top)
+
+
+def codebook_usage_levels(
+    tokens: Any, codebook_sizes: Sequence[int], *, top: int = 10, max_position_cells: int = DEFAULT_MAX_POSITION_CELLS
+) -> tuple[UsageReport, ...]:
+    """:func:`codebook_usage` for several levels (VQ-VAE-2: ``(top, bottom)``): one report per level.
+
+    Args:
+        tokens: a tuple of level tensors as :meth:`Tokenizer.encode` returns, or an iterable of such tuples.
+        codebook_sizes: one K per level.
 
     Raises:
-        InputError: non-integer or out-of-range ids, wrong number of levels, or no tokens at all.
+        InputError: as :func:`codebook_usage`, or a wrong number of levels.
     """
-    multi = not isinstance(codebook_size, int)
-    sizes = tuple(codebook_size) if multi else (codebook_size,)
-    names = _level_names(len(sizes)) if multi else (None,)
-    counters = [UsageCounter(k, max_position_cells=max_position_cells, name=n) for k, n in zip(sizes, names)]
-    if multi:
-        one = isinstance(tokens, (tuple, list)) and len(tokens) > 0 and all(_is_array(t) for t in tokens)
-        for item in [tokens] if one else tokens:
-            if not isinstance(item, (tuple, list)) or len(item) != len(sizes):
-                raise InputError(f"expected a tuple of {len(sizes)} token levels, got {type(item).__name__}")
-            for counter, t in zip(counters, item):
-                counter.update(t)
-    else:
-        for item in [tokens] if _is_array(tokens) else tokens:
-            counters[0].update(item)
-    reports = tuple(c.report(top=top) for c in counters)
-    return reports if multi else reports[0]
+    sizes = tuple(codebook_sizes)
+    counters = [UsageCounter(k, max_position_cells=max_position_cells, name=n) for k, n in zip(sizes, _level_names(len(sizes)))]
+    one = isinstance(tokens, (tuple, list)) and len(tokens) > 0 and all(_is_array(t) for t in tokens)
+    for item in [tokens] if one else tokens:
+        if not isinstance(item, (tuple, list)) or len(item) != len(sizes):
+            raise InputError(f"expected a tuple of {len(sizes)} token levels, got {type(item).__name__}")
+        for counter, t in zip(counters, item):
+            counter.update(t)
+    return tuple(c.report(top=top) for c in counters)
 
 
 def _level_names(n: int) -> tuple[str | None, ...]:
     return ("top", "bottom") if n == 2 else (None,) if n == 1 else tuple(f"level{i}" for i in range(n))
 
 
-class _Accumulator:
-    """Counters for every level plus image and skip bookkeeping."""
+class UsageAccumulator:
+    """One :class:`UsageCounter` per level plus image and skipped-input bookkeeping -> :class:`DatasetUsage`."""
 
-    def __init__(self, sizes: Sequence[int], *, max_position_cells: int):
+    def __init__(self, sizes: Sequence[int], *, max_position_cells: int = DEFAULT_MAX_POSITION_CELLS):
         names = _level_names(len(sizes))
         self.counters = [UsageCounter(k, max_position_cells=max_position_cells, name=n) for k, n in zip(sizes, names)]
         self.images = 0
@@ -536,6 +507,7 @@ class _Accumulator:
         self.skipped_count = 0
 
     def update(self, levels: Sequence[torch.Tensor]) -> None:
+        """Count one ``[B, h, w]`` (or ``[h, w]``) tensor per level."""
         if len(levels) != len(self.counters):
             raise InputError(f"expected {len(self.counters)} token level(s), got {len(levels)}")
         for c, t in zip(self.counters, levels):
@@ -547,92 +519,18 @@ class _Accumulator:
         if len(self.skipped) < MAX_LISTED_SKIPPED:
             self.skipped.append((str(path), str(error)))
 
-    def result(self, *, top: int, model, config_hash, family, source) -> DatasetUsage:
+    def result(self, *, top: int = 10, model=None, config_hash=None, family=None, source="images") -> DatasetUsage:
         if self.images == 0:
             detail = ""
             if self.skipped:
                 detail = f"; all {self.skipped_count} input(s) were unreadable, first: {self.skipped[0][1]}"
             raise InputError(f"no images or tokens were counted{detail}")
-        return DatasetUsage(
-            levels=tuple(c.report(top=top) for c in self.counters),
-            images=self.images,
-            skipped=tuple(self.skipped),
-            skipped_count=self.skipped_count,
-            model=model,
-            config_hash=config_hash,
-            family=family,
-            source=source,
-        )
-
-
-class _Progress:
-    """A tiny stderr progress line (no dependency); silent unless enabled."""
-
-    def __init__(self, total: int | None, enabled: bool, unit: str = "images"):
-        self.total, self.enabled, self.unit = total, enabled, unit
-        self.done, self.start, self.last = 0, time.monotonic(), 0.0
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= 0.25 or self.done == self.total):
-            self.last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        rate = self.done / max(now - self.start, 1e-9)
-        text = f"{self.done:,}"
-        if self.total:
-            eta = (self.total - self.done) / rate if rate > 0 else 0
-            text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.0f}%, ETA {eta:.0f}s)"
-        else:
-            text += f" {self.unit}"
-        sys.stderr.write(f"\rusage: {text}, {rate:.1f}/s   ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            if self.done != self.total:  # the last update already drew the final count
-                self._draw(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        return DatasetUsage(levels=tuple(c.report(top=top) for c in self.counters), images=self.images,
+                            skipped=tuple(self.skipped), skipped_count=self.skipped_count, model=model,
+                            config_hash=config_hash, family=family, source=source)
 
 
 # ------------------------------------------------------------------------- images and files
-def iter_image_files(paths: Sequence[str | os.PathLike]) -> Iterator[str]:
-    """Image files under ``paths``, in a stable order.
-
-    Folders are walked recursively (sorted; hidden files and folders skipped) for files whose
-    suffix is in ``IMAGE_SUFFIXES``; files named directly are always included.
-
-    Raises:
-        InputError: a path does not exist (checked for all paths before anything is yielded).
-    """
-    paths = [Path(p) for p in paths]
-    for p in paths:
-        if not p.exists():
-            raise InputError(f"{p}: no such file or folder")
-    for p in paths:
-        if not p.is_dir():
-            yield str(p)
-            continue
-        for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for f in sorted(files):
-                if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES:
-                    yield os.path.join(root, f)
-
-
-def _tokenizer_identity(tok: Any) -> tuple[str | None, str, str]:
-    from .config import config_hash
-
-    return tok.name, config_hash(tok.config), tok.config.family
-
-
-def _as_levels(tokens: Any) -> tuple[torch.Tensor, ...]:
-    return tuple(tokens) if isinstance(tokens, (tuple, list)) else (tokens,)
-
-
 def _is_paths(x: Any) -> bool:
     if isinstance(x, (str, os.PathLike)):
         return True
@@ -661,26 +559,38 @@ def usage_from_images(
     progress: bool = False,
     top: int = 10,
     max_position_cells: int = DEFAULT_MAX_POSITION_CELLS,
+    max_member_bytes: int | None = None,
 ) -> DatasetUsage:
     """Run a tokenizer over a dataset and report codebook usage (see :meth:`Tokenizer.codebook_usage`).
 
-    Files are read one at a time with ``tok.preprocess`` and encoded in batches of ``batch_size``;
-    a file that cannot be read or preprocessed (:class:`InputError`) is skipped, counted and listed.
-    In-memory batches are passed to ``tok.preprocess`` as they come; bad ones raise.
+    Paths are walked by :mod:`imagetok.data.sources` (folders, list files, ``.tar`` shards; one
+    image file counts as itself). Files are read one at a time with ``tok.preprocess`` and encoded in
+    batches of at most ``batch_size``, so memory is bounded by one batch whatever the dataset size; a
+    file that cannot be read or preprocessed (:class:`InputError`) is skipped, counted and listed.
+    In-memory batches are passed to ``tok.preprocess`` as they come; bad ones raise. ``progress``
+    shows a tqdm bar on stderr. ``max_member_bytes``: the tar member size cap (default
+    :data:`imagetok.data.sources.MAX_TAR_MEMBER_BYTES`); larger members are skipped.
     """
+    from tqdm.auto import tqdm
+
+    from .data.sources import iter_items, list_sources
+    from .image import read_image
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    acc = _Accumulator(tok.codebook_sizes, max_position_cells=max_position_cells)
-    model, chash, family = _tokenizer_identity(tok)
+    acc = UsageAccumulator(tok.codebook_sizes, max_position_cells=max_position_cells)
+    buf: list[torch.Tensor] = []  # preprocessed images waiting for a forward pass (< batch_size of them)
 
-    buf: list[torch.Tensor] = []  # preprocessed images waiting for a forward pass
+    def encode(x: torch.Tensor) -> None:
+        levels = tok.encode_pixels(x)
+        acc.update(tuple(levels) if isinstance(levels, (tuple, list)) else (levels,))
 
     def flush() -> None:
         if buf:
             x = torch.cat(buf)
             buf.clear()
             for start in range(0, x.shape[0], batch_size):
-                acc.update(_as_levels(tok.encode_pixels(x[start : start + batch_size])))
+                encode(x[start : start + batch_size])
 
     def add(x: torch.Tensor) -> None:
         if buf and x.shape[2:] != buf[0].shape[2:]:  # size=None: another image size starts a new batch
@@ -689,26 +599,25 @@ def usage_from_images(
         if sum(b.shape[0] for b in buf) >= batch_size:
             flush()
 
-    def read(path: str) -> None:
+    def read(name: str, src: Any) -> None:
         try:
-            x, _ = tok.preprocess(path, size=size)
+            if isinstance(src, Exception):
+                raise src
+            x, _ = tok.preprocess(src if isinstance(src, str) else read_image(src, name=name)[0], size=size)
         except InputError as e:  # unreadable or unusable file: skip, count, list
-            acc.skip(path, e)
+            acc.skip(name, e)
             return
         add(x)
 
     if _is_paths(images):
-        paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-        total = sum(1 for _ in iter_image_files(paths)) if progress else None
-        bar = _Progress(total, progress)
-        n_files = 0
-        for path in iter_image_files(paths):
-            n_files += 1
-            read(path)
-            bar.update()
-        if n_files == 0:
-            shown = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-            raise InputError(f"no image files found in {shown} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        cap = {} if max_member_bytes is None else {"max_member_bytes": max_member_bytes}
+        works = list_sources([images] if isinstance(images, (str, os.PathLike)) else list(images), **cap)
+        total = sum(len(w) + len(w.source_errors) for w in works)
+        with tqdm(total=total, desc="usage", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            for name, src in iter_items(works):
+                read(name, src)
+                bar.update()
+            flush()
         source = "images"
     else:
         if isinstance(images, (list, tuple)) and images and all(_is_array(b) and b.ndim == 4 for b in images):
@@ -717,327 +626,20 @@ def usage_from_images(
             batches = [images]  # one batch (or one image); preprocess checks it
         else:
             batches = images  # a loader, or a generator of batches or file paths
-        bar = _Progress(None, progress)
         source = "tensors"
-        for batch in batches:
-            if isinstance(batch, (str, os.PathLike)):
-                source = "images"
-                read(str(batch))
-                bar.update()
-            else:
-                x, _ = tok.preprocess(_batch_images(batch), size=size)
-                add(x)
-                bar.update(x.shape[0])
-    flush()
-    bar.close()
-    return acc.result(top=top, model=model, config_hash=chash, family=family, source=source)
-
-
-def usage_from_token_files(
-    paths: Sequence[str | os.PathLike],
-    *,
-    tokenizer: Any = None,
-    progress: bool = False,
-    top: int = 10,
-    max_position_cells: int = DEFAULT_MAX_POSITION_CELLS,
-) -> DatasetUsage:
-    """Codebook usage over token files written by ``imagetok encode -o`` (no model needed).
-
-    The codebook sizes come from the files' stored config. Every file must come from the same
-    model (same ``config_hash``), and from ``tokenizer`` when one is given; ``.npy`` files carry
-    no model information and need ``tokenizer``. Unreadable files are skipped, counted and listed.
-
-    Raises:
-        InputError: files from different models or codebook sizes, ``.npy`` without a tokenizer,
-            ids outside the codebook, or nothing readable.
-    """
-    from .config import config_from_dict
-    from .errors import ConfigError
-    from .tokenfile import load_tokens
-
-    ref: dict[str, Any] | None = None  # {"hash", "sizes", "model", "family", "source"}
-    if tokenizer is not None:
-        model, chash, family = _tokenizer_identity(tokenizer)
-        ref = {"hash": chash, "sizes": tuple(tokenizer.codebook_sizes), "model": model, "family": family,
-               "source": f"the model {model!r}"}
-    acc: _Accumulator | None = None
-    bar = _Progress(len(paths), progress, unit="files")
-    skipped: list[tuple[str, Exception]] = []
-    for path in paths:
-        bar.update()
-        try:
-            levels, meta = load_tokens(path)
-        except InputError as e:
-            skipped.append((str(path), e))
-            continue
-        if not meta:  # .npy
-            if tokenizer is None:
-                raise InputError(f"{path}: a .npy token file carries no model information; pass --model (tokenizer=) "
-                                 "so its ids can be checked against the codebook")
-            sizes, chash, model, family = ref["sizes"], ref["hash"], ref["model"], ref["family"]
-        else:
-            try:
-                cfg = config_from_dict(meta.get("config"))
-            except ConfigError as e:
-                raise InputError(f"{path}: token file has an unreadable model config ({e})") from None
-            sizes, chash, model, family = cfg.codebook_sizes, meta.get("config_hash"), meta.get("model"), cfg.family
-            if ref is None:
-                ref = {"hash": chash, "sizes": sizes, "model": model, "family": family,
-                       "source": f"{path} (model {model!r})"}
-            elif chash != ref["hash"] or sizes != ref["sizes"]:
-                raise InputError(
-                    f"{path} comes from model {model!r} (config hash {chash}, codebook sizes {list(sizes)}), "
-                    f"but {ref['source']} has config hash {ref['hash']}, codebook sizes {list(ref['sizes'])}: "
-                    "token ids of different models mean different things and cannot be counted together"
-                )
-        if len(levels) != len(sizes):
-            raise InputError(f"{path}: has {len(levels)} token level(s), but the model has {len(sizes)}")
-        if acc is None:
-            acc = _Accumulator(sizes, max_position_cells=max_position_cells)
-        try:
-            acc.update(levels)
-        except InputError as e:
-            raise InputError(f"{path}: {e}") from None
-    bar.close()
-    if acc is None:
-        if not paths:
-            raise InputError("no token files given")
-        raise InputError(f"none of the {len(paths)} token file(s) could be read; first: {skipped[0][1]}")
-    for p, e in skipped:
-        acc.skip(p, e)
-    return acc.result(top=top, model=ref["model"], config_hash=ref["hash"], family=ref["family"], source="tokens")
-
-
-# --------------------------------------------------------------------------- tables, compare
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _diff(num, fmt):
-    """A difference-column function ``(a, b) -> text`` from a number getter and a format."""
-
-    def diff(a: UsageReport, b: UsageReport) -> str:
-        x, y = num(a), num(b)
-        return "" if x is None or y is None else fmt.format(y - x)
-
-    return diff
-
-
-def _pos_mean(r: UsageReport) -> float | None:
-    return r.position_stats["mean"] if r.position_stats else None
-
-
-_PP = "{:+.1f} pp"  # percentage points
-
-# (label, text of one report, difference column (second minus first) or None)
-_ROWS: list[tuple[str, Any, Any]] = [
-    ("codebook size", lambda r: f"{r.codebook_size:,}", _diff(lambda r: r.codebook_size, "{:+,}")),
-    ("images", lambda r: f"{r.grids:,}", None),
-    ("tokens", lambda r: f"{r.tokens:,}", None),
-    ("codes used", lambda r: f"{r.codes_used:,} ({_pct(r.used_fraction)})", _diff(lambda r: r.codes_used, "{:+,}")),
-    ("dead codes", lambda r: f"{r.dead_count:,}", _diff(lambda r: r.dead_count, "{:+,}")),
-    ("perplexity", lambda r: f"{r.perplexity:,.1f}", _diff(lambda r: r.perplexity, "{:+,.1f}")),
-    (
-        "entropy (bits)",
-        lambda r: f"{r.entropy_bits:.3f} / {r.max_entropy_bits:.3f}",
-        _diff(lambda r: r.entropy_bits, "{:+.3f}"),
-    ),
-    ("normalized entropy", lambda r: _pct(r.normalized_entropy), _diff(lambda r: 100 * r.normalized_entropy, _PP)),
-    ("top 1% codes' share", lambda r: _pct(r.top1pct_share), _diff(lambda r: 100 * r.top1pct_share, _PP)),
-    ("top 10% codes' share", lambda r: _pct(r.top10pct_share), _diff(lambda r: 100 * r.top10pct_share, _PP)),
-    ("gini", lambda r: f"{r.gini:.3f}", _diff(lambda r: r.gini, "{:+.3f}")),
-    (
-        "distinct codes/position",
-        lambda r: "min {min:,} mean {mean:,.1f} max {max:,}".format(**r.position_stats) if r.position_stats else "n/a",
-        _diff(_pos_mean, "mean {:+,.1f}"),
-    ),
-    ("most frequent (share)", lambda r: ", ".join(f"{c} ({_pct(n / r.tokens)})" for c, n in r.top_codes[:3]), None),
-]
-
-
-def format_table(columns: Sequence[tuple[str, UsageReport]], *, difference: bool = False) -> str:
-    """Plain-text table: one row per statistic, one column per ``(header, report)``.
-
-    With ``difference`` and exactly two columns, a third column shows second minus first
-    (shares in percentage points).
-    """
-    headers = [h for h, _ in columns]
-    rows = [[label] + [text(r) for _, r in columns] for label, text, _ in _ROWS]
-    if difference and len(columns) == 2:
-        headers.append("difference")
-        for row, (_, _, diff) in zip(rows, _ROWS):
-            row.append(diff(columns[0][1], columns[1][1]) if diff else "")
-    table = [[""] + headers] + rows
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = []
-    for i, r in enumerate(table):
-        lines.append("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip())
-        if i == 0:
-            lines.append("-" * len(lines[0]))
-    return "\n".join(lines) + "\n"
-
-
-def _dead_lines(cols: Sequence[tuple[str, UsageReport]], shown: int = 20) -> str:
-    out = []
-    for header, r in cols:
-        if r.dead_codes:
-            more = f", ... ({r.dead_count - shown:,} more)" if r.dead_count > shown else ""
-            out.append(f"dead code ids ({header}): {', '.join(map(str, r.dead_codes[:shown]))}{more}")
-        if r.position_note:
-            out.append(f"per-position usage ({header}): {r.position_note}")
-    return ("\n" + "\n".join(out) + "\n") if out else ""
-
-
-def compare_usage(
-    reports: Sequence[DatasetUsage | UsageReport], labels: Sequence[str] | None = None
-) -> str:
-    """One table comparing several reports (two models on one dataset, one model on two datasets).
-
-    Args:
-        reports: :class:`DatasetUsage` (each level becomes a column) or :class:`UsageReport`.
-        labels: a name per report (default ``A``, ``B``, ...).
-
-    Returns:
-        The table as text; with exactly two columns it adds a difference column.
-    """
-    if not reports:
-        raise InputError("nothing to compare: pass at least one report")
-    labels = list(labels) if labels is not None else [chr(ord("A") + i) for i in range(len(reports))]
-    if len(labels) != len(reports):
-        raise InputError(f"got {len(labels)} labels for {len(reports)} reports")
-    cols, head = [], []
-    for label, rep in zip(labels, reports):
-        if isinstance(rep, DatasetUsage):
-            head.append(f"{label}: model {rep.model or 'unknown'} (config {rep.config_hash}), "
-                        f"{rep.images:,} images, {rep.skipped_count:,} skipped")
-            levels = rep.levels
-        else:
-            levels = (rep,)
-        for lv in levels:
-            cols.append((f"{label}:{lv.name}" if lv.name else label, lv))
-    return ("\n".join(head) + "\n\n" if head else "") + format_table(cols, difference=True)
-
-
-# ------------------------------------------------------------------------------------ plots
-def plot_usage(usage: DatasetUsage | UsageReport, path: str | os.PathLike, *, dpi: int = 100) -> Path:
-    """Write a PNG per level row: rank-frequency curve (log-log), sorted histogram, per-position map.
-
-    Needs matplotlib (``pip install 'imagetok[plot]'``); does not touch pyplot's global state.
-
-    Raises:
-        MissingDependencyError: matplotlib is not installed.
-    """
-    require_matplotlib()
-    from matplotlib.figure import Figure
-
-    levels = usage.levels if isinstance(usage, DatasetUsage) else (usage,)
-    fig = Figure(figsize=(15, 4.2 * len(levels)), layout="constrained")
-    axes = fig.subplots(len(levels), 3, squeeze=False)
-    for row, r in zip(axes, levels):
-        title = (r.name + ": ") if r.name else ""
-        counts = np.sort(np.asarray(r.counts, dtype=np.int64))[::-1]
-        used = counts[counts > 0]
-        ax = row[0]
-        ax.loglog(np.arange(1, len(used) + 1), used / r.tokens, lw=1.5, marker="o" if len(used) < 30 else None)
-        ax.axhline(1 / r.codebook_size, color="gray", ls="--", lw=1, label="uniform 1/K")
-        ax.set(xlabel="rank", ylabel="token share", title=f"{title}rank-frequency (log-log)")
-        ax.legend(loc="lower left")
-        ax = row[1]
-        ranks = np.arange(len(counts))
-        ax.fill_between(ranks, counts, step="post", lw=0)
-        if r.dead_count:
-            ax.axvline(r.codes_used, color="red", lw=1, label=f"{r.dead_count:,} dead codes →")
-            ax.legend(loc="upper right")
-        ax.set(xlabel="codes, most used first", ylabel="count", xlim=(0, len(counts)),
-               title=f"{title}{r.codes_used:,}/{r.codebook_size:,} used, perplexity {r.perplexity:,.1f}")
-        ax = row[2]
-        if r.position_distinct is not None:
-            im = ax.imshow(np.asarray(r.position_distinct), cmap="viridis", interpolation="nearest")
-            fig.colorbar(im, ax=ax, label="distinct codes")
-            ax.set(title=f"{title}distinct codes per position", xlabel="column", ylabel="row")
-        else:
-            ax.axis("off")
-            ax.text(0.5, 0.5, f"per-position usage\n{r.position_note}", ha="center", va="center", wrap=True)
-    p = Path(path)
-    fig.savefig(p, dpi=dpi, format="png")
-    return p
-
-
-def require_matplotlib() -> None:
-    """Raise MissingDependencyError (with the install command) when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError(f"plotting needs matplotlib, which is not installed: {PLOT_HINT}") from None
-
-
-# ----------------------------------------------------------------------------------- remap
-def remap_unused(report: UsageReport) -> tuple[torch.Tensor, torch.Tensor]:
-    """A renumbering that drops codes never used (smaller LLM vocabulary).
-
-    Returns:
-        ``(old_to_new, new_to_old)``: int64 ``[K]`` with -1 for dropped codes, and int64
-        ``[codes_used]`` (ascending old ids, so the new ids keep the old order).
-    """
-    counts = torch.tensor(report.counts, dtype=torch.int64)
-    new_to_old = torch.nonzero(counts > 0).flatten()
-    old_to_new = torch.full((report.codebook_size,), -1, dtype=torch.int64)
-    old_to_new[new_to_old] = torch.arange(new_to_old.numel())
-    return old_to_new, new_to_old
-
-
-def apply_remap(tokens: Any, old_to_new: torch.Tensor) -> torch.Tensor:
-    """Old ids -> new ids. Raises InputError if a token uses a dropped code."""
-    t = _as_index_tensor(tokens)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= old_to_new.numel()):
-        raise InputError(f"token ids must lie in [0, {old_to_new.numel()})")
-    out = old_to_new[t]
-    if (out < 0).any():
-        dropped = sorted(set(t[out < 0].tolist()))[:10]
-        raise InputError(f"tokens use code(s) {dropped} that the remap dropped (unused when it was built)")
-    return out
-
-
-def undo_remap(tokens: Any, new_to_old: torch.Tensor) -> torch.Tensor:
-    """New ids -> original ids (for decoding with the unchanged model)."""
-    t = _as_index_tensor(tokens)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= new_to_old.numel()):
-        raise InputError(f"remapped token ids must lie in [0, {new_to_old.numel()})")
-    return new_to_old[t]
-
-
-def save_remap(usage: DatasetUsage, path: str | os.PathLike) -> Path:
-    """Write the remap of every level as JSON: ``{"format", "model", "config_hash", "levels":
-    [{"name", "codebook_size", "new_size", "new_to_old"}]}``."""
-    levels = []
-    for r in usage.levels:
-        _, new_to_old = remap_unused(r)
-        levels.append({"name": r.name, "codebook_size": r.codebook_size, "new_size": int(new_to_old.numel()),
-                       "new_to_old": new_to_old.tolist()})
-    p = Path(path)
-    p.write_text(json.dumps({"format": REMAP_FORMAT, "model": usage.model, "config_hash": usage.config_hash,
-                             "levels": levels}) + "\n")
-    return p
-
-
-def load_remap(path: str | os.PathLike) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-    """Read :func:`save_remap` output: ``(old_to_new, new_to_old)`` per level."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-        if data.get("format") != REMAP_FORMAT:
-            raise InputError(f"{p}: not an imagetok remap file (format {data.get('format')!r})")
-        out = []
-        for lv in data["levels"]:
-            new_to_old = torch.tensor(lv["new_to_old"], dtype=torch.int64)
-            old_to_new = torch.full((int(lv["codebook_size"]),), -1, dtype=torch.int64)
-            old_to_new[new_to_old] = torch.arange(new_to_old.numel())
-            out.append((old_to_new, new_to_old))
-        return tuple(out)
-    except InputError:
-        raise
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-        raise InputError(f"{p}: not a readable remap file ({e})") from None
+        with tqdm(desc="usage", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            for batch in batches:
+                if isinstance(batch, (str, os.PathLike)):
+                    source = "images"
+                    read(str(batch), str(batch))
+                    bar.update()
+                else:
+                    x, _ = tok.preprocess(_batch_images(batch), size=size)
+                    add(x)
+                    bar.update(x.shape[0])
+            flush()
+    return acc.result(top=top, model=tok.name, config_hash=tok.provenance["config_hash"], family=tok.config.family,
+                      source=source)
 
 
 # ------------------------------------------------------------------ LFQ bits and FSQ levels (issue 14)
@@ -1228,17 +830,3 @@ def quantizer_usage_from_report(config: Any, usage: "DatasetUsage") -> "BitUsage
         lc.total = int(counts[0].sum())
         return lc.report()
     raise InputError(f"per-bit / per-level usage is defined for LFQ (magvit2) and FSQ (cosmos) models, not {family!r}")
-
-
-def format_quantizer_usage(r: "BitUsage | LevelUsage") -> str:
-    """A short text table of :class:`BitUsage` (one row per bit) or :class:`LevelUsage` (per channel)."""
-    if isinstance(r, BitUsage):
-        lines = [f"LFQ bits ({r.tokens} tokens): min balance {r.min_balance:.3f}, mean {r.mean_balance:.3f}, "
-                 f"sum of bit entropies {r.sum_entropy_bits:.2f} of {r.bits} bits, dead bits {list(r.dead)}",
-                 "bit  ones   balance  entropy"]  # fmt: skip
-        lines += [f"{k:>3}  {o:.3f}  {b:.3f}    {e:.3f}" for k, (o, b, e) in enumerate(zip(r.ones, r.balance, r.entropy_bits))]
-    else:
-        lines = [f"FSQ levels ({r.tokens} tokens)", "channel  levels  used  usage  entropy/max"]
-        lines += [f"{i:>7}  {L:>6}  {u:>4}  {f:.3f}  {e:.2f}/{m:.2f}"
-                  for i, (L, u, f, e, m) in enumerate(zip(r.levels, r.used, r.usage, r.entropy_bits, r.max_entropy_bits))]  # fmt: skip
-    return "\n".join(lines) + "\n"

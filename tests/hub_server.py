@@ -205,8 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
         with self.fake.lock:
             if len(seg) >= 5 and seg[2] == "resolve":
                 return self._resolve(f"{seg[0]}/{seg[1]}", unquote(seg[3]), unquote("/".join(seg[4:])), head)
-            if seg[:2] == ["api", "models"] and len(seg) >= 4:
-                repo_id, rest = f"{seg[2]}/{seg[3]}", seg[4:]
+            if len(seg) >= 6 and seg[0] == "datasets" and seg[3] == "resolve":  # dataset repos live as "datasets/org/name"
+                return self._resolve("/".join(seg[:3]), unquote(seg[4]), unquote("/".join(seg[5:])), head)
+            if seg[:2] in (["api", "models"], ["api", "datasets"]) and len(seg) >= 4:
+                repo_id, rest = ("datasets/" if seg[1] == "datasets" else "") + f"{seg[2]}/{seg[3]}", seg[4:]
                 if not rest:
                     return self._model_info(repo_id, "main")
                 if rest[0] == "revision" and len(rest) == 2:
@@ -229,8 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._create_repo(json.loads(body or b"{}"))
             if seg == ["api", "validate-yaml"]:
                 return self._json(200, {"errors": [], "warnings": []})
-            if seg[:2] == ["api", "models"] and len(seg) >= 6:
-                repo_id, action, rev = f"{seg[2]}/{seg[3]}", seg[4], unquote("/".join(seg[5:]))
+            if seg[:2] in (["api", "models"], ["api", "datasets"]) and len(seg) >= 6:
+                repo_id = ("datasets/" if seg[1] == "datasets" else "") + f"{seg[2]}/{seg[3]}"
+                action, rev = seg[4], unquote("/".join(seg[5:]))
                 if action == "preupload":
                     return self._preupload(repo_id, rev, json.loads(body or b"{}"))
                 if action == "commit":

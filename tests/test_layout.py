@@ -96,10 +96,6 @@ def test_the_graph_sees_function_level_imports():
 
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
-    # The dataset module's CLI glue (tokenize_dataset.main -> cli.main) belongs to another branch, which
-    # moves it into imagetok/cli/ and removes imagetok/tokenize_dataset.py; this allowance ends with that file.
-    if (ROOT / "tokenize_dataset.py").exists():
-        cycles = [c for c in cycles if c != ["imagetok.cli", "imagetok.tokenize_dataset"]]
     assert cycles == [], f"import cycles inside imagetok (function-level imports count): {cycles}"
 
 

@@ -22,13 +22,14 @@ pq = pytest.importorskip("pyarrow.parquet")
 from imagetok import Tokenizer  # noqa: E402
 from imagetok import image as _image  # noqa: E402
 from imagetok.cli import main as cli_main  # noqa: E402
-from imagetok.errors import InputError  # noqa: E402
-from imagetok.tokenize_dataset import (  # noqa: E402
+from imagetok.errors import InputError, MissingDependencyError  # noqa: E402
+from imagetok.data.sources import list_source  # noqa: E402
+from imagetok.data.token_dataset import (  # noqa: E402
     TokenDataset,
     export_memmap,
-    list_source,
     merge_dataset,
     tokenize_dataset,
+    tokens_from_row,
 )
 
 CFG = {"family": "vqgan", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
@@ -182,6 +183,10 @@ def test_parquet_readable_by_pyarrow_pandas_datasets(ref, tmp_path, monkeypatch)
     assert len(ds) == 9 and ds.features["tokens"].feature.dtype == "uint16"
     got = {r["key"]: r["tokens"] for r in ds}
     assert all(got[k] == ref_rows[k].flatten().tolist() for k in GOOD)
+    assert all(torch.equal(tokens_from_row(r), ref_rows[r["key"]]) for r in ds)  # the reshape helper
+    assert torch.equal(tokens_from_row(row), ref_rows["wide.png"])  # a pandas row
+    with pytest.raises(InputError, match="does not describe"):
+        tokens_from_row({"grid": [16, 15], "tokens": list(range(256))})
 
 
 def test_reader_sequences_and_memmap_roundtrip(ref, tok):
@@ -254,6 +259,12 @@ def test_keep_image_size(src, model_dir, tok, tmp_path, capsys):
         "gray.png": (18, 18), "rgb0.png": (20, 25), "rgb1.png": (20, 25), "rgb2.png": (21, 25)}
     for k, r in rows.items():
         assert torch.equal(r.tokens, tok.encode(str(src / "a" / k), size=None))
+    info = export_memmap(out, bridge=TokenDataset(out).bridge(eor=True))  # mixed grid shapes, batched per run
+    mm = np.memmap(out / "memmap" / "tokens.bin", dtype=info["dtype"], mode="r")
+    offsets = np.load(out / "memmap" / "offsets.npy")
+    bridge = TokenDataset(out).bridge(eor=True)
+    for i, r in enumerate(rows.values()):
+        assert torch.equal(torch.from_numpy(mm[offsets[i] : offsets[i + 1]].astype(np.int64)), bridge.to_llm(r.tokens))
     assert json.loads((out / "dataset_info.json").read_text())["preprocessing"]["jpeg_draft"] is False
 
 
@@ -317,7 +328,7 @@ def test_kill_and_resume(ref, src, model_dir, tmp_path):
     out = tmp_path / "out"
     script = (
         "import time\n"
-        "from imagetok.tokenize_dataset import tokenize_dataset\n"
+        "from imagetok.data import tokenize_dataset\n"
         f"tokenize_dataset({str(src)!r}, {str(out)!r}, model={str(model_dir)!r}, batch_size=1, shard_size=2, "
         "workers=0, progress=False, callback=lambda d, n: time.sleep(0.2))\n"
     )
@@ -358,7 +369,7 @@ def test_bad_sources(tmp_path, model_dir, src):
     with pytest.raises(InputError, match="is an image"):
         list_source(src / "big.jpg")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no images found"):
+    with pytest.raises(InputError, match="no image files found"):
         list_source(tmp_path / "empty")
     with pytest.raises(InputError, match="4 shard.s. not found"):
         list_source(str(tmp_path / "x-{0..3}.tar"))
@@ -373,7 +384,7 @@ def test_bad_sources(tmp_path, model_dir, src):
 def test_missing_pyarrow_message(monkeypatch, src, model_dir, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ImportError, match=r"imagetok\[datasets\]"):
+    with pytest.raises(MissingDependencyError, match=r"imagetok\[datasets\]"):
         tokenize_dataset(src, tmp_path / "o", model=str(model_dir))
     assert cli_main(["tokenize-dataset", str(src), "--out", str(tmp_path / "o"), "--model", str(model_dir)]) == 1
     assert "pip install 'imagetok[datasets]'" in capsys.readouterr().err
@@ -409,7 +420,7 @@ def test_torchrun_two_processes(src, model_dir, tmp_path):
         (clean / k.replace("/", "_")).write_bytes((src / k).read_bytes())
     out2 = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "imagetok.tokenize_dataset", str(clean), "--out", str(out2), "--model", str(model_dir),
+           "-m", "imagetok", "tokenize-dataset", str(clean), "--out", str(out2), "--model", str(model_dir),
            "--shard-size", "2", "--batch-size", "2", "--workers", "0", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -421,3 +432,249 @@ def test_torchrun_two_processes(src, model_dir, tmp_path):
     assert a.keys() == b.keys() and len(a) == len(GOOD) and all(torch.equal(a[k], b[k]) for k in a)
     info = json.loads((out2 / "dataset_info.json").read_text())
     assert info["counts"]["rows"] == len(GOOD) and len(info["shards"]) == 5
+
+
+# ------------------------------------------------------------------------ concurrency, provenance
+def test_dataset_info_records_provenance(ref, tok):
+    info = json.loads((ref[0] / "dataset_info.json").read_text())
+    prov = tok.provenance
+    assert {k: info["tokenizer"][k] for k in ("name", "config_hash", "weights_sha256", "revision")} == {
+        k: prov[k] for k in ("name", "config_hash", "weights_sha256", "revision")}
+    meta = json.loads(pq.read_schema(ref[0] / "data" / "train-00000-of-00003.parquet").metadata[b"imagetok"])
+    assert meta["config_hash"] == prov["config_hash"] and meta["shard"] == 0 and meta["num_shards"] == 3
+
+
+def test_a_live_run_holds_its_shards(src, model_dir, tmp_path):
+    """A second run into a folder where a live process writes a shard fails at once, naming pid and host;
+    a lease left by a dead process on this host is taken over."""
+    import socket
+
+    out = tmp_path / "out"
+    tokenize_dataset(src / "a", out, model=str(model_dir), shard_size=2, workers=0, progress=False)
+    (out / "data" / "train-00001-of-00002.parquet").unlink()
+    (out / "dataset_info.json").unlink()
+    lease = out / ".imagetok" / "leases" / "train-00001-of-00002.lease"
+    tmp = out / ".imagetok" / "tmp" / "train-00001-of-00002.parquet.otherhost-1"
+    tmp.write_bytes(b"a live writer's half shard")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid}))
+        with pytest.raises(InputError, match=rf"in use by pid {sleeper.pid} on host {socket.gethostname()}"):
+            tokenize_dataset(src / "a", out, model=str(model_dir), shard_size=2, workers=0, progress=False)
+        assert tmp.exists()  # another writer's file is never deleted while it lives
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lease.write_text(json.dumps({"host": "some-other-host", "pid": 1}))
+    with pytest.raises(InputError, match="in use by pid 1 on host some-other-host"):
+        tokenize_dataset(src / "a", out, model=str(model_dir), shard_size=2, workers=0, progress=False)
+    lease.write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid}))  # now dead: stale
+    s = tokenize_dataset(src / "a", out, model=str(model_dir), shard_size=2, workers=0, progress=False)
+    assert s["complete"] and s["processed"] == 2 and not lease.exists() and not tmp.exists()
+
+
+def _plan_racer(out, n_embed, barrier, results):
+    from imagetok.data.token_dataset import _ensure_plan
+
+    barrier.wait()
+    try:
+        _ensure_plan(Path(out), {"tokenizer": {"config_hash": f"h{n_embed}"}, "num_shards": 1})
+        results.put("created")
+    except InputError as e:
+        results.put(f"refused: {e}")
+
+
+def test_plan_is_created_exclusively(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(3):
+        out = tmp_path / f"o{trial}"
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_plan_racer, args=(str(out), k, barrier, results)) for k in (1, 2)]
+        for p in procs:
+            p.start()
+        got = sorted(results.get(timeout=30) for _ in procs)
+        for p in procs:
+            p.join()
+        assert got[0] == "created" and got[1].startswith("refused") and "tokenizer.config_hash" in got[1]
+        plan = json.loads((out / ".imagetok" / "plan.json").read_text())
+        assert plan["tokenizer"]["config_hash"] in ("h1", "h2")
+
+
+def test_merge_refuses_a_shard_of_another_model(src, model_dir, tmp_path):
+    other = tmp_path / "other_model"
+    Tokenizer.from_config({**CFG, "n_embed": 200}, seed=1).save_pretrained(other)
+    a, b = tmp_path / "a", tmp_path / "b"
+    tokenize_dataset(src / "a", a, model=str(model_dir), shard_size=2, workers=0, progress=False)
+    tokenize_dataset(src / "a", b, model=str(other), shard_size=2, workers=0, progress=False)
+    name = "train-00001-of-00002.parquet"
+    (a / "data" / name).write_bytes((b / "data" / name).read_bytes())  # a copy slipped in from another run
+    with pytest.raises(InputError, match="another model .config hash.*refusing to mix"):
+        merge_dataset(a)
+    assert cli_main(["tokenize-dataset", "--out", str(a), "--merge-only"]) == 1
+
+
+# ------------------------------------------------------------------------------------ labels
+@pytest.fixture(scope="module")
+def classes_src(tmp_path_factory):
+    d = tmp_path_factory.mktemp("classes")
+    for cls, n in (("dog", 2), ("cat", 3)):
+        (d / cls).mkdir()
+        for i in range(n):
+            Image.fromarray(_photo(36, 36, 20 + i + 5 * len(cls) + n)).save(d / cls / f"{i}.png")
+    return d
+
+
+def test_labels_from_class_folders(classes_src, model_dir, tmp_path):
+    out = tmp_path / "lab"
+    assert cli_main(["tokenize-dataset", str(classes_src), "--out", str(out), "--model", str(model_dir),
+                     "--labels", "folder", "--shard-size", "3", "--workers", "0", "--quiet"]) == 0
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["classes"] == ["cat", "dog"] and "label" in info["columns"]
+    table = pq.read_table(out / "data")
+    assert table.schema.field("label").type == pa.int64()
+    got = dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist()))
+    assert got == {"cat/0.png": 0, "cat/1.png": 0, "cat/2.png": 0, "dog/0.png": 1, "dog/1.png": 1}
+    rows = list(TokenDataset(out))
+    assert [r.label for r in rows] == [0, 0, 0, 1, 1] and TokenDataset(out).classes == ["cat", "dog"]
+    with pytest.raises(InputError, match="labels"):  # the same folder without labels is another dataset
+        tokenize_dataset(classes_src, out, model=str(model_dir), shard_size=3, workers=0, progress=False)
+
+
+def test_labels_from_csv_and_json(classes_src, model_dir, tmp_path, tok):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"{cls}/{i}.png,{7 if cls == 'dog' else 3}\n"
+                                            for cls, n in (("dog", 2), ("cat", 3)) for i in range(n)))
+    tokenize_dataset(classes_src, tmp_path / "c", model=str(model_dir), labels=csv, workers=0, progress=False)
+    rows = {r.key: r for r in TokenDataset(tmp_path / "c")}
+    assert {k: r.label for k, r in rows.items()} == {"cat/0.png": 3, "cat/1.png": 3, "cat/2.png": 3, "dog/0.png": 7, "dog/1.png": 7}
+    assert json.loads((tmp_path / "c" / "dataset_info.json").read_text())["classes"] is None  # ids given, no names
+    assert torch.equal(rows["dog/1.png"].tokens, tok.encode(str(classes_src / "dog" / "1.png")))
+    js = tmp_path / "labels.json"  # class names, paths relative to the label file's folder
+    js.write_text(json.dumps({os.path.relpath(p, tmp_path): p.parent.name.upper()
+                              for p in sorted(classes_src.rglob("*.png"))}))
+    tokenize_dataset(classes_src, tmp_path / "j", model=str(model_dir), labels=js, workers=0, progress=False)
+    assert [r.label for r in TokenDataset(tmp_path / "j")] == [0, 0, 0, 1, 1]
+    assert json.loads((tmp_path / "j" / "dataset_info.json").read_text())["classes"] == ["CAT", "DOG"]
+
+
+def test_bad_labels_are_clear_errors(classes_src, src, model_dir, tmp_path):
+    def run(labels, source=classes_src):
+        return tokenize_dataset(source, tmp_path / "x", model=str(model_dir), labels=labels, workers=0, progress=False)
+
+    csv = tmp_path / "l.csv"
+    csv.write_text("path,label\ncat/0.png,1\n")
+    with pytest.raises(InputError, match=r"no label for 4 of 5 image\(s\)"):
+        run(csv)
+    csv.write_text("path,label\n" + "".join(f"{p.relative_to(classes_src).as_posix()},{-1 if p.name == '0.png' else 2}\n"
+                                            for p in classes_src.rglob("*.png")))
+    with pytest.raises(InputError, match="mix class names and numbers"):
+        run(csv)
+    csv.write_text("file,class\n")
+    with pytest.raises(InputError, match="header 'path,label'"):
+        run(csv)
+    js = tmp_path / "l.json"
+    js.write_text(json.dumps({p.relative_to(classes_src).as_posix(): 1.5 for p in classes_src.rglob("*.png")}))
+    with pytest.raises(InputError, match="non-negative ints or non-empty class names"):
+        run(js)
+    with pytest.raises(InputError, match="not inside a class folder"):
+        run("folder", src)  # big.jpg etc. sit at the top of src
+    with pytest.raises(InputError, match="no such file"):
+        run(tmp_path / "missing.csv")
+    assert not (tmp_path / "x" / "data").exists() or not list((tmp_path / "x" / "data").iterdir())
+
+
+# ----------------------------------------------------------------- loader crashes and orphans
+def test_a_killed_loader_fails_only_its_image(ref, src, model_dir, tmp_path, monkeypatch):
+    """A loader process killed on one image (as by the OOM killer): that image goes to errors.jsonl,
+    the run completes, every other row equals the reference."""
+    import imagetok.data.token_dataset as td
+
+    orig = td._Images.__getitem__
+
+    def getitem(self, i):
+        if self.work.keys[i] == "a/rgb1.png":
+            os.kill(os.getpid(), 9)
+        return orig(self, i)
+
+    monkeypatch.setattr(td._Images, "__getitem__", getitem)  # the loader processes are forked: they see it
+    out = tmp_path / "out"
+    s = tokenize_dataset(src, out, model=str(model_dir), batch_size=3, shard_size=4, workers=2, progress=False)
+    assert s["complete"] and s["failed"] == 4 and s["rows"] == 8
+    errors = {e["key"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert "SIGKILL" in errors["a/rgb1.png"] and "out of memory" in errors["a/rgb1.png"]
+    ref_rows, got = _rows(ref[0]), _rows(out)
+    assert got.keys() == ref_rows.keys() - {"a/rgb1.png"} and all(torch.equal(got[k], ref_rows[k]) for k in got)
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids |= {int(c) for c in (task / "children").read_text().split()}
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.slow  # ~6 s each (a fresh interpreter imports torch); the fast loader-level twin is in test_data_sources.py
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_loader_processes_die_with_the_run(src, model_dir, tmp_path, sig):
+    """SIGKILL or SIGTERM of tokenize-dataset while its loaders are busy leaves no loader running."""
+    import signal
+
+    script = (
+        "import time, sys\n"
+        "import imagetok.data.token_dataset as td\n"
+        "td._Images.__getitem__ = lambda self, i: time.sleep(120)\n"  # a decode that takes forever
+        "from imagetok.cli import main\n"
+        f"sys.exit(main(['tokenize-dataset', {str(src)!r}, '--out', {str(tmp_path / 'o')!r}, '--model', {str(model_dir)!r},"
+        " '--workers', '2', '--quiet']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while len(kids := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no loader processes started"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the loaders are inside the slow decode now
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(k) for k in kids), f"loader processes outlived the run: {[k for k in kids if _alive(k)]}"
+    finally:
+        proc.kill()
+        proc.wait()
+        for k in _children(proc.pid) if _alive(proc.pid) else []:
+            os.kill(k, 9)
+
+
+def test_tar_member_cap_in_tokenize_dataset(src, model_dir, tmp_path, capsys):
+    with tarfile.open(tmp_path / "s.tar", "w") as tf:
+        for k in ("big.jpg", "small.jpg", "a/rgb0.png"):
+            tf.add(src / k, arcname=k.replace("/", "_"))
+    size = (src / "big.jpg").stat().st_size
+    assert size > 4096 and (src / "small.jpg").stat().st_size < 4096 and (src / "a/rgb0.png").stat().st_size > 4096
+    out = tmp_path / "o"
+    assert cli_main(["tokenize-dataset", str(tmp_path / "s.tar"), "--out", str(out), "--model", str(model_dir),
+                     "--max-member-mb", str(4096 / 2**20), "--workers", "0", "--quiet"]) == 3
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in errors] == ["s.tar/a_rgb0.png", "s.tar/big.jpg"]
+    assert f"{size:,} bytes, over the limit of 4,096" in errors[1]["error"]
+    assert [r.key for r in TokenDataset(out)] == ["s.tar/small.jpg"]
+
+
+def test_cli_default_member_cap_matches_the_library():
+    from imagetok.cli.dataset import MAX_MEMBER_MB
+    from imagetok.data.sources import MAX_TAR_MEMBER_BYTES
+
+    assert MAX_MEMBER_MB * 2**20 == MAX_TAR_MEMBER_BYTES

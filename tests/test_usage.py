@@ -15,22 +15,11 @@ from PIL import Image
 
 from conftest import make_tiny_tokenizer  # tiny models with codebooks spread over real latents
 from imagetok.cli import main
-from imagetok.errors import ImagetokError, InputError
+from imagetok.cli.usage import compare_usage, plot_usage
+from imagetok.errors import ImagetokError, InputError, MissingDependencyError
+from imagetok.llm import apply_remap, load_remap, remap_unused, save_remap, undo_remap
 from imagetok.tokenfile import save_tokens
-from imagetok.usage import (
-    DatasetUsage,
-    MissingDependencyError,
-    UsageCounter,
-    UsageReport,
-    apply_remap,
-    codebook_usage,
-    compare_usage,
-    load_remap,
-    plot_usage,
-    remap_unused,
-    save_remap,
-    undo_remap,
-)
+from imagetok.usage import DatasetUsage, UsageCounter, UsageReport, codebook_usage, codebook_usage_levels
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -144,7 +133,9 @@ def test_bad_ids_are_refused_and_nothing_is_counted():
     with pytest.raises(InputError, match="codebook_size"):
         UsageCounter(0)
     with pytest.raises(InputError, match="2 token levels"):
-        codebook_usage([torch.zeros(2, 2, dtype=torch.long)], (4, 4))
+        codebook_usage_levels([torch.zeros(2, 2, dtype=torch.long)], (4, 4))
+    with pytest.raises(InputError, match="codebook_usage_levels"):
+        codebook_usage(torch.zeros(2, 2, dtype=torch.long), (4, 4))  # one return type: several levels is its own function
 
 
 def test_report_dict_round_trip_is_exact():
@@ -168,9 +159,9 @@ def test_vqvae2_gives_one_report_per_level(models):
     assert u.levels[0].grid == (4, 4) and u.levels[1].grid == (8, 8)
     assert u.levels[0].counts == tuple(torch.bincount(top.flatten(), minlength=64).tolist())
     assert u.levels[1].counts == tuple(torch.bincount(bottom.flatten(), minlength=64).tolist())
-    pure = codebook_usage((top, bottom), (64, 64))
+    pure = codebook_usage_levels((top, bottom), (64, 64))
     assert pure == u.levels
-    streamed = codebook_usage(((t, b) for t, b in zip(top.split(2), bottom.split(2))), (64, 64))
+    streamed = codebook_usage_levels(((t, b) for t, b in zip(top.split(2), bottom.split(2))), (64, 64))
     assert streamed == u.levels
 
 
@@ -191,7 +182,7 @@ def test_folder_streaming_skips_unreadable_files(models, folder, capsys):
     assert u.images == 6 and u.skipped_count == 1 and u.skipped[0][0].endswith("broken.jpg")
     assert "not an image" in u.skipped[0][1]
     err = capsys.readouterr().err
-    assert "\rusage: 7/7 images (100%" in err and err.endswith("\n")  # every file, unreadable ones too
+    assert "usage: 100%" in err and "7/7" in err  # a tqdm bar over every file, unreadable ones too
     files = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".png", ".jpg") and p.name != "broken.jpg")
     assert tok.codebook_usage(files, batch_size=1).levels == u.levels  # batch size does not matter
     assert tok.codebook_usage(iter(files + [str(folder / "broken.jpg")]), batch_size=3).levels == u.levels
@@ -237,7 +228,7 @@ def test_cli_token_files_need_no_model(models, tmp_path, capsys):
     assert rc == 1 and "c.safetensors" in cap.err  # skipped, counted, reported
     d = json.loads(cap.out)
     assert d["source"] == "tokens" and d["images"] == 5 and d["skipped_count"] == 1
-    expect = codebook_usage([a, b], (64, 64))
+    expect = codebook_usage_levels([a, b], (64, 64))
     assert [DatasetUsage.from_dict(d).levels[i].counts for i in (0, 1)] == [expect[0].counts, expect[1].counts]
 
 
@@ -262,6 +253,22 @@ def test_cli_refuses_tokens_from_another_model(models, tmp_path, capsys):
     assert "[0, 64)" in capsys.readouterr().err
     assert main(["usage", str(tmp_path / "raw.npy"), "--model", models["vq_dir"], "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2
+
+
+def test_cli_refuses_tokens_from_other_weights(models, tmp_path, capsys):
+    """Same architecture (config hash), different weights: the ids mean different things."""
+    tok = models["vq"]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for name, sha in (("a", "aa" * 32), ("b", "bb" * 32), ("c", None)):
+        save_tokens(tmp_path / f"{name}.json", (tok.encode(x),), model="vq", config=tok.config)
+        d = json.loads((tmp_path / f"{name}.json").read_text())
+        d["weights_sha256"] = sha
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+    assert main(["usage", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "different weights" in err and "aa" * 32 in err and "bb" * 32 in err
+    assert main(["usage", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--json", "-", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 4  # a file without a recorded sha256 is not refused
 
 
 def test_cli_bad_inputs(models, tmp_path, capsys):
@@ -342,3 +349,28 @@ def test_core_does_not_import_matplotlib():
     code = "import sys, imagetok, imagetok.usage, imagetok.cli; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_image_usage_is_batched_and_memory_bounded(models, folder, monkeypatch):
+    """Files are read as they are encoded: never more than batch_size preprocessed images wait."""
+    tok = make_tiny_tokenizer("vqgan")
+    state = {"read": 0, "encoded": 0, "max_waiting": 0, "batches": []}
+    preprocess, encode_pixels = tok.preprocess, tok.encode_pixels
+
+    def counting_preprocess(images, **kw):
+        x, is_batch = preprocess(images, **kw)
+        state["read"] += x.shape[0]
+        state["max_waiting"] = max(state["max_waiting"], state["read"] - state["encoded"])
+        return x, is_batch
+
+    def counting_encode(x):
+        state["batches"].append(x.shape[0])
+        state["encoded"] += x.shape[0]
+        return encode_pixels(x)
+
+    monkeypatch.setattr(tok, "preprocess", counting_preprocess)
+    monkeypatch.setattr(tok, "encode_pixels", counting_encode)
+    u = tok.codebook_usage([folder, folder, folder], batch_size=4)  # 18 readable images
+    assert u.images == 18 and state["batches"] == [4, 4, 4, 4, 2] and state["max_waiting"] <= 4
+    once = tok.codebook_usage(folder, batch_size=5)
+    assert u.levels[0].counts == tuple(3 * c for c in once.levels[0].counts)  # batching changes nothing

@@ -3,7 +3,7 @@
     python examples/prior/photos_prior.py --photos examples/bundled/data/photos --out runs/photos-prior
 
 1. Cut random 128 px crops from the photos (``train/`` for training, ``dev/`` held out) into PNG
-   folders, and tokenize them with ``imagetok.tokenize_dataset`` and the bundled model (f8: each
+   folders, and tokenize them with ``imagetok.data.tokenize_dataset`` and the bundled model (f8: each
    crop becomes a 16 x 16 grid of ids from a 4096-code codebook).
 2. Train a transformer prior on the training tokens (``train_prior``; resumable: rerun to continue).
 3. Report held-out bits per token against the unigram entropy of the same tokens, and write
@@ -29,7 +29,7 @@ from imagetok import Prior, Tokenizer
 from imagetok.image import _pil_to_array, load_image
 from imagetok.prior import load_token_data
 from imagetok.prior.trainer import train_prior
-from imagetok.tokenize_dataset import tokenize_dataset
+from imagetok.data import tokenize_dataset
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ImagetokError, InputError
+from ._outputs import IMAGE_OUTPUTS, _check_output, _output_paths, _unique_stems
+from . import dataset, prior, usage
 
 
 def _load(model: str | None, fast: bool = False):
@@ -36,7 +38,6 @@ def _levels(tokens) -> tuple:
 
 # Image files `imagetok encode FOLDER` picks up (hidden files and folders are skipped).
 ENCODE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
-IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 
 
 def _size_arg(text: str):
@@ -71,27 +72,6 @@ def _expand_images(paths: list[Path]) -> list[Path]:
         else:
             raise InputError(f"{p}: no such file or folder")
     return out
-
-
-def _check_output(path: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse, before any work: an output that is one of the inputs, an existing file without
-    --overwrite, or a missing parent folder."""
-    for i in inputs:
-        if path.exists() and i.exists() and os.path.samefile(path, i) or path.resolve() == i.resolve():
-            raise InputError(f"{path}: is an input; refusing to overwrite it (choose another output path)")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a file path")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: no such folder for the output {path.name}")
-
-
-def _unique_stems(paths: list, count: int) -> list[str]:
-    stems = [Path(p).stem if p else f"{i:05d}" for i, p in enumerate(paths or [None] * count)]
-    if len(set(stems)) != len(stems):
-        stems = [f"{i:05d}_{s}" for i, s in enumerate(stems)]
-    return stems
 
 
 def _progress(total: int, desc: str, show: bool):
@@ -168,22 +148,6 @@ def torch_cat(tensors):
     import torch
 
     return torch.cat(list(tensors))
-
-
-def _output_paths(output: str, count: int, images: list, inputs: list[Path], overwrite: bool) -> list[Path]:
-    out = Path(output)
-    if out.suffix and not out.is_dir():
-        if count != 1:
-            raise InputError(f"{out}: the token file holds {count} images; -o must be a folder for several")
-        paths = [out]
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"{s}.png" for s in _unique_stems(images, count)]
-    for p in paths:
-        if p.suffix.lower() not in IMAGE_OUTPUTS:
-            raise InputError(f"{p}: cannot write an image file there; use one of {', '.join(IMAGE_OUTPUTS)}")
-        _check_output(p, inputs, overwrite)
-    return paths
 
 
 def _recorded_model_is_local(model: str) -> bool:
@@ -277,72 +241,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     }
     print(json.dumps(info, indent=2))
     return 0
-
-
-def cmd_usage(args: argparse.Namespace) -> int:
-    """Codebook usage over image folders/files or token files; or compare saved reports."""
-    from .. import usage
-    from ..tokenfile import SUFFIXES
-
-    if args.compare:
-        if args.paths:
-            raise InputError("pass either PATH... to measure or --compare REPORT.json..., not both")
-        labels = [Path(p).stem for p in args.compare]
-        labels = labels if len(set(labels)) == len(labels) else [str(p) for p in args.compare]
-        print(usage.compare_usage([usage.DatasetUsage.load(p) for p in args.compare], labels), end="")
-        return 0
-    if not args.paths:
-        raise InputError("give image folders or files, token files (.safetensors/.json/.npy), or --compare")
-    if args.plot:
-        usage.require_matplotlib()  # fail before a long run, not after it
-    progress = not args.no_progress and sys.stderr.isatty()
-    is_tokens = [p.suffix.lower() in SUFFIXES and p.is_file() for p in args.paths]
-    if all(is_tokens):
-        tok = _load(args.model) if args.model else None  # token files name their model
-        result = usage.usage_from_token_files(args.paths, tokenizer=tok, progress=progress, top=args.top)
-    elif any(is_tokens):
-        raise InputError("pass either token files (.safetensors/.json/.npy) or images/folders, not both")
-    else:
-        tok = _load(args.model)
-        size = None if args.size == 0 else (args.size or tok.default_size)
-        result = tok.codebook_usage([str(p) for p in args.paths], size=size, batch_size=args.batch_size,
-                                    progress=progress, top=args.top)
-    parts = ""  # LFQ bits / FSQ levels
-    if tok is not None and tok.config.family in ("magvit2", "cosmos"):
-        parts = usage.format_quantizer_usage(usage.quantizer_usage_from_report(tok.config, result))
-    if args.json == "-":
-        print(json.dumps(result.to_dict()))
-        print(result.table() + parts, end="", file=sys.stderr)
-    else:
-        print(result.table() + parts, end="")
-        if args.json:
-            print(f"wrote {result.save(args.json)}", file=sys.stderr)
-    if args.plot:
-        print(f"wrote {result.plot(args.plot)}", file=sys.stderr)
-    if args.remap:
-        print(f"wrote {usage.save_remap(result, args.remap)}", file=sys.stderr)
-    if result.skipped_count:
-        print(f"imagetok usage: {result.skipped_count} input(s) could not be read and were skipped "
-              f"(listed in the JSON report); first: {result.skipped[0][1]}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _usage_parser(sub) -> None:
-    p = sub.add_parser("usage", help="codebook usage report over images or token files",
-                       description="Exact codebook usage over image folders/files or token files from "
-                       "`imagetok encode -o` (which need no --model). Exit status 1 if any input was skipped.")
-    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="image folders/files, or token files")
-    _model_arg(p)
-    p.add_argument("--json", metavar="FILE", help="write the JSON report (- for stdout; the table goes to stderr)")
-    p.add_argument("--plot", metavar="FILE.png", help="write usage plots as PNG (needs matplotlib)")
-    p.add_argument("--compare", nargs="+", metavar="REPORT.json", help="compare saved --json reports in one table")
-    p.add_argument("--remap", metavar="FILE.json", help="write a renumbering that drops unused codes")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
-    p.add_argument("--top", type=int, default=10, help="most frequent codes to list in the JSON (default 10)")
-    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-    p.set_defaults(func=cmd_usage)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -439,17 +337,6 @@ def _hub_parsers(sub) -> None:
     p.set_defaults(func=cmd_push)
 
 
-def _tokenize_dataset_parser(sub) -> None:
-    from .. import tokenize_dataset as td
-
-    p = sub.add_parser("tokenize-dataset", help="tokenize an image folder/list/.tar shards into Parquet shards",
-                       description="Tokenize every image of SRC into Parquet shards for LLM training (resumable; "
-                       "torchrun --nproc-per-node N -m imagetok.tokenize_dataset ... splits the work). Exit status: "
-                       "0 all images tokenized, 3 complete but some images failed (see errors.jsonl), 1 error.")
-    td.add_arguments(p)
-    p.set_defaults(func=td.run_from_args)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or fine-tune from a JSON train config (imagetok.train); resumes from out_dir's checkpoint."""
     import logging
@@ -515,12 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a model")
     _model_arg(p)
     p.set_defaults(func=cmd_info)
-    _usage_parser(sub)
+    usage.add_parser(sub)
     _convert_parser(sub)
     _hub_parsers(sub)
-    _tokenize_dataset_parser(sub)
+    dataset.add_parser(sub)
     _train_parser(sub)
-    from .prior import add_parser as add_prior_parser; add_prior_parser(sub)  # noqa: E702  imagetok prior ...
+    prior.add_parser(sub)
     return parser
 
 

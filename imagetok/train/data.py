@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.sources import list_image_files
 from ..errors import InputError
 from ..image import _pil_to_array, fit, load_image
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def _uint8(arr: np.ndarray) -> np.ndarray:
@@ -25,14 +25,9 @@ def _uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted). Raises InputError if missing or empty."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"{root}: data folder not found")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise InputError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    return files
+    """Image files under ``folder``, walked as every imagetok command walks a folder
+    (:func:`imagetok.data.sources.list_image_files`). Raises InputError if missing or empty."""
+    return list_image_files(folder)
 
 
 class ImageFolder:

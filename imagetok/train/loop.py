@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+from tqdm.auto import tqdm
 
 from ..config import config_from_dict, config_to_dict
 from ..errors import ConfigError
@@ -478,6 +479,8 @@ class Trainer:
         if cfg.codebook_ema and self.codebook_ema is None:
             self.codebook_ema = [EMACodebook(q, cfg.codebook_ema_decay) for q in self.quantizers]
         t0, s0 = time.time(), self.step
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.rank == 0))
         try:
             while self.step < cfg.steps:
                 rec = self.train_step()
@@ -489,28 +492,24 @@ class Trainer:
                             stats = tr.stats()
                             rec.update({f"usage{k}": stats["usage"], f"perplexity{k}": stats["perplexity"]})
                     self._log(rec)
-                    if cfg.progress and self.rank == 0:
-                        eta = (cfg.steps - self.step) / max(rate, 1e-9)
-                        print(
-                            f"\rstep {self.step}/{cfg.steps} loss {rec['loss']:.4f} {rate:.2f} steps/s ETA {eta / 60:.1f} min",
-                            end="", file=sys.stderr, flush=True,
-                        )  # fmt: skip
+                    bar.update(self.step - bar.n)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
                 if self.step % cfg.eval_every == 0 and self.rank == 0:
                     self._log({"step": self.step, **self.evaluate()})
                 if self.step % cfg.save_every == 0:
                     self._save_synced()
         except KeyboardInterrupt:
+            bar.close()
             if self.rank == 0:  # no collectives here: other ranks may be anywhere
                 path = self.save()
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}", file=sys.stderr)
             raise
+        bar.close()
         self._save_synced()
         if self.rank == 0:
             final = self.evaluate() if self.step % cfg.eval_every else {}
             if final:
                 self._log({"step": self.step, **final})
-            if cfg.progress:
-                print(file=sys.stderr)
             return self.export(final or self._last_eval() or None)
         return self.out / "model"
 
