@@ -42,11 +42,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     levels = tokens if isinstance(tokens, tuple) else (tokens,)
     out = Path(args.output)
     if args.decode:
-        from . import _output_paths
-
         tok = prior.load_tokenizer() if args.tokenizer is None else _tokenizer(prior, args.tokenizer)
         images = tok.decode(tokens)
-        paths = _output_paths(str(out), args.n, [])
+        if args.n == 1 and out.suffix:
+            paths = [out]
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            paths = [out / f"{i:05d}.png" for i in range(args.n)]
         for img, path in zip(images, paths):
             img.save(path)
         print(f"wrote {len(paths)} image(s) to {out}", file=sys.stderr)
