@@ -678,3 +678,41 @@ def test_cli_default_member_cap_matches_the_library():
     from imagetok.data.sources import MAX_TAR_MEMBER_BYTES
 
     assert MAX_MEMBER_MB * 2**20 == MAX_TAR_MEMBER_BYTES
+
+
+def test_layout_writes_llm_ids_that_round_trip(ref, tmp_path, capsys):
+    """--layout NAME writes the memmap in that LLM's id layout; ids map back to the dataset's tokens."""
+    from imagetok.llm import get_layout
+
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    out, rows = ref[0], _rows(ref[0])
+    assert cli_main(["tokenize-dataset", "--out", str(out), "--merge-only", "--layout", "janus"]) == 3  # 3 images failed
+    info = json.loads((out / "memmap" / "memmap_info.json").read_text())
+    assert info["layout"]["name"] == "janus" and "bridge" not in info
+    mm = np.memmap(out / "memmap" / "tokens.bin", dtype=info["dtype"], mode="r")
+    offsets = np.load(out / "memmap" / "offsets.npy")
+    keys = [json.loads(line) for line in (out / "memmap" / "keys.jsonl").read_text().splitlines()]
+    lay = get_layout("janus")
+    for i, k in enumerate(keys):
+        ids = torch.from_numpy(np.asarray(mm[offsets[i] : offsets[i + 1]], dtype=np.int64))
+        assert torch.equal(lay.from_ids(ids, grid=rows[k].shape), rows[k])
+
+    # show-o needs the LLM's text tokenizer: refused without it, before any work; used from a folder
+    capsys.readouterr()
+    assert cli_main(["tokenize-dataset", "--out", str(out), "--merge-only", "--layout", "show-o"]) == 1
+    assert "needs the LLM's text tokenizer" in capsys.readouterr().err
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    hf.add_special_tokens({"additional_special_tokens": ["<|soi|>", "<|eoi|>"]})
+    hf.save_pretrained(tmp_path / "showo-tok")
+    assert cli_main(["tokenize-dataset", "--out", str(out), "--merge-only", "--layout", "show-o",
+                     "--hf-tokenizer", str(tmp_path / "showo-tok")]) == 3  # fmt: skip
+    info = json.loads((out / "memmap" / "memmap_info.json").read_text())
+    mm = np.memmap(out / "memmap" / "tokens.bin", dtype=info["dtype"], mode="r")
+    offsets = np.load(out / "memmap" / "offsets.npy")
+    lay = get_layout("show-o", hf)
+    ids = torch.from_numpy(np.asarray(mm[offsets[0] : offsets[1]], dtype=np.int64))
+    assert ids[0] == hf.convert_tokens_to_ids("<|soi|>") and ids[-1] == hf.convert_tokens_to_ids("<|eoi|>")
+    assert torch.equal(lay.from_ids(ids, grid=rows[keys[0]].shape), rows[keys[0]])
+    assert cli_main(["tokenize-dataset", "--out", str(out), "--merge-only", "--layout", "janus", "--boi"]) == 1

@@ -36,6 +36,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--boi", action="store_true", help="--memmap: add a begin-of-image id")
     p.add_argument("--eoi", action="store_true", help="--memmap: add an end-of-image id")
     p.add_argument("--eor", action="store_true", help="--memmap: add an end-of-row id after each row")
+    p.add_argument("--layout", default=None, metavar="NAME",
+                   help="write the memmap (implies --memmap) in a named LLM's id layout: chameleon, lumina-mgpt, emu3, "
+                   "janus, show-o, liquid (imagetok.llm.get_layout)")
+    p.add_argument("--hf-tokenizer", default=None, metavar="DIR",
+                   help="with --layout: the LLM's transformers text tokenizer folder (every layout but janus needs it)")
     p.add_argument("--labels", default=None, metavar="folder|FILE",
                    help="add an int64 label column: 'folder' = class subfolders SRC/<class>/<image> (class names in "
                    "dataset_info.json 'classes'), or a .csv (path,label) / .json {path: label} file")
@@ -57,6 +62,8 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
 
     td.require_pyarrow()
     out = args.out
+    layout = _layout(args)  # checked before any work
+    args.memmap = args.memmap or layout is not None
     if args.memmap and "://" in out and not out.startswith("file://"):
         raise InputError(f"--memmap writes a local memmap next to the dataset, and {out} is a URL: "
                          "use a local --out, or TokenDataset(url).to_memmap(local_dir)")
@@ -93,7 +100,10 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
         is_main = summary["complete"] is not None
     if summary.get("complete") and args.memmap and summary.get("rank", 0) == 0:
         ds = td.TokenDataset(out)
-        mm = td.export_memmap(ds, bridge=ds.bridge(offset=args.llm_offset, boi=args.boi, eoi=args.eoi, eor=args.eor))
+        if layout is not None:
+            mm = td.export_memmap(ds, layout=layout)
+        else:
+            mm = td.export_memmap(ds, bridge=ds.bridge(offset=args.llm_offset, boi=args.boi, eoi=args.eoi, eor=args.eor))
         summary["memmap"] = {"dir": _join(out, "memmap"), **{k: mm[k] for k in ("dtype", "num_sequences", "num_tokens")}}
     if not is_main:  # a torchrun rank > 0: rank 0 reports the merged dataset
         print(f"rank {summary['rank']}: {summary['processed']} images, {summary['failed_now']} failed", file=sys.stderr)
@@ -117,3 +127,29 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
 def _join(out: str, name: str) -> str:
     """``out/name`` for a folder or a URL (pathlib would fold ``s3://`` into ``s3:/``)."""
     return f"{out.rstrip('/')}/{name}" if "://" in out else str(Path(out) / name)
+
+
+def _layout(args: argparse.Namespace) -> Any:
+    """The ``--layout`` object (None without one), with the ``--hf-tokenizer`` it needs."""
+    from ..errors import InputError
+
+    if args.layout is None:
+        if args.hf_tokenizer:
+            raise InputError("--hf-tokenizer is used only with --layout")
+        return None
+    if args.llm_offset or args.boi or args.eoi or args.eor:
+        raise InputError("--layout fixes the ids itself: drop --llm-offset/--boi/--eoi/--eor")
+    from ..llm import get_layout
+
+    hf = None
+    if args.hf_tokenizer:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise InputError("--hf-tokenizer needs transformers: pip install transformers") from None
+        try:
+            hf = AutoTokenizer.from_pretrained(args.hf_tokenizer, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--hf-tokenizer {args.hf_tokenizer}: cannot load a transformers tokenizer there ({e})") from None
+    return get_layout(args.layout, hf)
+

@@ -977,6 +977,7 @@ def export_memmap(
     out_dir: str | os.PathLike | None = None,
     *,
     bridge: LLMBridge | None = None,
+    layout: Any = None,
     dtype: str | None = None,
 ) -> dict:
     """Write all sequences as one flat memmap (nanoGPT / Megatron style) plus offsets.
@@ -990,19 +991,31 @@ def export_memmap(
 
     Args:
         bridge: maps tokens to ids (default: raw flat ids, no markers).
-        dtype: "uint16" or "uint32" (default: uint16 when every id is below 65536).
+        layout: instead of ``bridge``, a named LLM layout (:func:`imagetok.llm.get_layout`: Chameleon,
+            Lumina-mGPT, Emu3, Janus, Show-o, Liquid), whose ``to_ids`` gives each image's ids.
+        dtype: "uint16" or "uint32" (default: uint16 when every id is below 65536; uint32 with a layout).
 
     Raises:
         InputError: ids do not fit the requested dtype.
     """
     ds = dataset if isinstance(dataset, TokenDataset) else TokenDataset(dataset)
-    bridge = bridge or ds.bridge()
-    max_id = max([bridge.vocab_end - 1] + [v for v in (bridge.boi_id, bridge.eoi_id, bridge.eor_id) if v is not None])
+    if layout is not None and bridge is not None:
+        raise InputError("pass either bridge or layout, not both")
+    if layout is None:
+        bridge = bridge or ds.bridge()
+        max_id = max([bridge.vocab_end - 1] + [v for v in (bridge.boi_id, bridge.eoi_id, bridge.eor_id) if v is not None])
+        to_ids = bridge.to_llm
+    else:  # a layout's ids come from the LLM's vocabulary: checked batch by batch below
+        if len(ds.codebook_sizes) != 1 or layout.codebook_size < ds.codebook_sizes[0]:
+            raise InputError(f"layout {layout.name!r} maps {layout.codebook_size} codes of one grid; this dataset has "
+                             f"codebooks {list(ds.codebook_sizes)}")  # fmt: skip
+        max_id = 2**16  # unknown up front
+        to_ids = layout.to_ids
     auto = "uint16" if max_id < 65536 else "uint32"
     dtype = dtype or auto
     if dtype not in ("uint16", "uint32"):
         raise InputError(f"dtype must be 'uint16' or 'uint32', got {dtype!r}")
-    if max_id >= 2 ** (16 if dtype == "uint16" else 32):
+    if max_id >= 2 ** (16 if dtype == "uint16" else 32) and layout is None:
         raise InputError(f"ids up to {max_id} do not fit {dtype}; use dtype='uint32'")
     if out_dir is None and ds.remote is not None:
         raise InputError(f"{ds.directory}: the dataset is at a URL and the memmap is written locally: pass out_dir")
@@ -1019,7 +1032,10 @@ def export_memmap(
         with open(tmps[0], "wb") as fb, open(tmps[2], "w", encoding="utf-8") as fk:
             i = 0
             for b in ds.iter_batches():
-                seqs = bridge.to_llm(b.tokens).numpy().astype(dtype)  # [B, L]: one grid shape per batch
+                ids = to_ids(b.tokens).numpy()  # [B, L]: one grid shape per batch
+                if ids.size and (ids.min() < 0 or ids.max() >= 2 ** (16 if dtype == "uint16" else 32)):
+                    raise InputError(f"LLM ids up to {int(ids.max())} do not fit {dtype}; use dtype='uint32'")
+                seqs = ids.astype(dtype)
                 fb.write(seqs.tobytes())
                 offsets[i + 1 : i + 1 + len(seqs)] = count + seqs.shape[1] * np.arange(1, len(seqs) + 1)
                 count += seqs.size
@@ -1037,7 +1053,8 @@ def export_memmap(
         "dtype": dtype,
         "num_sequences": n,
         "num_tokens": count,
-        "bridge": bridge.to_dict(),
+        **({"bridge": bridge.to_dict()} if layout is None else
+           {"layout": {"name": layout.name, "codebook_size": layout.codebook_size, "source": layout.source}}),
         "tokenizer_config_hash": ds.info["tokenizer"]["config_hash"],
         "files": {"tokens": "tokens.bin", "offsets": "offsets.npy", "keys": "keys.jsonl"},
     }
