@@ -30,6 +30,10 @@ MAX_CODEBOOK_ELEMENTS = 2**28  # n_embed * embed_dim: a 1 GiB float32 codebook
 MAX_LEVELS = 8  # VQGAN resolution levels (len(ch_mult)): f <= 128
 MAX_BLOCKS = 32  # residual blocks per level (num_res_blocks, n_res_block)
 MAX_RESOLUTION = 8192  # the default image side (resolution)
+# Tighter bounds of the LFQ/FSQ families (Magvit2Config, CosmosConfig, ShowoConfig):
+MAX_BASE_CHANNELS = 1024  # their base width (ch, channels); the widest layer is still <= MAX_CHANNELS
+MAX_LEVEL_BLOCKS = 16  # their residual blocks per level (num_res_blocks, *_num_res_blocks)
+MAX_LFQ_BITS = 30  # LFQ bits per token (embed_dim, z_channels), checked before 2 ** bits is computed
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,6 @@ class Emu3Config:
             raise ConfigError(f"in_channels and out_channels must be 3 (RGB), got {self.in_channels} and {self.out_channels}")
 
 
-Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Emu3Config]
 FAMILIES: dict[str, type] = {c.family: c for c in (VQGANConfig, VQVAEConfig, VQVAE2Config, Emu3Config)}
 
 
@@ -347,12 +350,18 @@ def config_hash(cfg: Config) -> str:
 
 
 # ----------------------------------------------------------------------------- modern quantizers
-_MAX_CH, _MAX_LEVELS, _MAX_BLOCKS, _MAX_RES = 1024, 8, 16, 8192
+def _levels(name: str, mult: tuple[int, ...]) -> None:
+    """A channel-multiplier tuple of the LFQ/FSQ families: 1-MAX_LEVELS ints in [1, 16]."""
+    if not mult or len(mult) > MAX_LEVELS or any(not 1 <= m <= 16 for m in mult):
+        raise ConfigError(f"{name} must be 1-{MAX_LEVELS} ints in [1, 16] (imagetok.config.MAX_LEVELS), got {list(mult)}")
 
 
-def _bounded(cfg: Any, name: str, hi: int) -> None:
-    if getattr(cfg, name) > hi:
-        raise ConfigError(f"{name} must be <= {hi}, got {getattr(cfg, name)}")
+def _widest(ch_name: str, ch: int, mult_name: str, mult: tuple[int, ...]) -> None:
+    """The widest layer, ``ch * max(mult)``, is at most MAX_CHANNELS (as for VQGAN)."""
+    if ch * max(mult) > MAX_CHANNELS:
+        raise ConfigError(
+            f"{ch_name} * {mult_name} must be at most {MAX_CHANNELS} (imagetok.config.MAX_CHANNELS), got {ch} * {max(mult)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -387,12 +396,10 @@ class Magvit2Config:
 
     def _check(self) -> None:
         _positive(self, "ch", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "resolution")
-        _bounded(self, "ch", _MAX_CH)
-        _bounded(self, "num_res_blocks", _MAX_BLOCKS)
-        _bounded(self, "resolution", _MAX_RES)
-        _bounded(self, "embed_dim", 30)
-        if not self.ch_mult or len(self.ch_mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in self.ch_mult):
-            raise ConfigError(f"ch_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(self.ch_mult)}")
+        _at_most(self, ch=("MAX_BASE_CHANNELS", MAX_BASE_CHANNELS), num_res_blocks=("MAX_LEVEL_BLOCKS", MAX_LEVEL_BLOCKS),
+                 resolution=("MAX_RESOLUTION", MAX_RESOLUTION), embed_dim=("MAX_LFQ_BITS", MAX_LFQ_BITS))  # fmt: skip
+        _levels("ch_mult", self.ch_mult)
+        _widest("ch", self.ch, "ch_mult", self.ch_mult)
         for m in (1, *self.ch_mult):
             if (self.ch * m) % 32:
                 raise ConfigError(f"ch * ch_mult must be divisible by 32 (GroupNorm uses 32 groups); got {self.ch * m}")
@@ -450,12 +457,10 @@ class CosmosConfig:
 
     def _check(self) -> None:
         _positive(self, "channels", "num_res_blocks", "z_channels", "embedding_dim", "resolution", "patch_size")
-        _bounded(self, "channels", _MAX_CH)
-        _bounded(self, "num_res_blocks", _MAX_BLOCKS)
-        _bounded(self, "resolution", _MAX_RES)
-        _bounded(self, "z_channels", 4096)
-        if not self.channels_mult or len(self.channels_mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in self.channels_mult):
-            raise ConfigError(f"channels_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(self.channels_mult)}")
+        _at_most(self, channels=("MAX_BASE_CHANNELS", MAX_BASE_CHANNELS), num_res_blocks=("MAX_LEVEL_BLOCKS", MAX_LEVEL_BLOCKS),
+                 resolution=("MAX_RESOLUTION", MAX_RESOLUTION), z_channels=("MAX_CHANNELS", MAX_CHANNELS))  # fmt: skip
+        _levels("channels_mult", self.channels_mult)
+        _widest("channels", self.channels, "channels_mult", self.channels_mult)
         for m in (1, *self.channels_mult):
             if (self.channels * m) % 32:
                 raise ConfigError(f"channels * channels_mult must be divisible by 32 (GroupNorm); got {self.channels * m}")
@@ -510,15 +515,17 @@ class ShowoConfig:
 
     def _check(self) -> None:
         _positive(self, "ch", "z_channels", "resolution")
-        _bounded(self, "ch", _MAX_CH)
-        _bounded(self, "resolution", _MAX_RES)
-        _bounded(self, "z_channels", 30)
+        _at_most(self, ch=("MAX_BASE_CHANNELS", MAX_BASE_CHANNELS), resolution=("MAX_RESOLUTION", MAX_RESOLUTION),
+                 z_channels=("MAX_LFQ_BITS", MAX_LFQ_BITS))  # fmt: skip
         for side in ("encoder", "decoder"):
             mult, blocks = getattr(self, f"{side}_ch_mult"), getattr(self, f"{side}_num_res_blocks")
-            if not mult or len(mult) > _MAX_LEVELS or any(not 1 <= m <= 16 for m in mult):
-                raise ConfigError(f"{side}_ch_mult must be 1-{_MAX_LEVELS} ints in [1, 16], got {list(mult)}")
-            if len(blocks) != len(mult) or any(not 1 <= b <= _MAX_BLOCKS for b in blocks):
-                raise ConfigError(f"{side}_num_res_blocks must give 1-{_MAX_BLOCKS} blocks for each of the {len(mult)} levels, got {list(blocks)}")
+            _levels(f"{side}_ch_mult", mult)
+            _widest("ch", self.ch, f"{side}_ch_mult", mult)
+            if len(blocks) != len(mult) or any(not 1 <= b <= MAX_LEVEL_BLOCKS for b in blocks):
+                raise ConfigError(
+                    f"{side}_num_res_blocks must give 1-{MAX_LEVEL_BLOCKS} blocks for each of the {len(mult)} levels "
+                    f"(imagetok.config.MAX_LEVEL_BLOCKS), got {list(blocks)}"
+                )
             for m in (1, *mult):
                 if (self.ch * m) % 32:
                     raise ConfigError(f"ch * {side}_ch_mult must be divisible by 32 (GroupNorm); got {self.ch * m}")
@@ -531,5 +538,5 @@ class ShowoConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Magvit2Config, CosmosConfig, ShowoConfig]
+Config = Union[VQGANConfig, VQVAEConfig, VQVAE2Config, Emu3Config, Magvit2Config, CosmosConfig, ShowoConfig]
 FAMILIES.update({c.family: c for c in (Magvit2Config, CosmosConfig, ShowoConfig)})
