@@ -28,6 +28,7 @@ import common as C
 import torch
 import torch.nn.functional as F
 
+from imagetok import Tokenizer
 from imagetok.convert import convert
 
 torch.set_grad_enabled(False)
@@ -184,7 +185,7 @@ def main() -> None:
             a, seed = arch(r), r.randrange(10**6)
             with tempfile.TemporaryDirectory() as tmp:
                 fmt, run = build(a, seed, Path(tmp) / "ref")
-                tok = convert(Path(tmp) / "ref", from_format=fmt)
+                tok = Tokenizer.from_conversion(convert(Path(tmp) / "ref", from_format=fmt))
             h, w = shape(r, 2 ** (a["levels"] - 1))
             x = images(2, h, w, seed + 7)
             ids_ref, dec_ref, hf_ids = run(x)
