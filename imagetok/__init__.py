@@ -15,6 +15,7 @@ from .prior import Prior  # stage 2: generate token grids (imagetok.prior)
 
 __all__ = [
     "Tokenizer",
+    "Prior",
     "ImagetokError",
     "errors",
     "VQGANConfig",

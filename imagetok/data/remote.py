@@ -535,7 +535,7 @@ def list_remote(url: str, extensions: frozenset[str]) -> RemoteListing:
     Raises:
         InputError: nothing exists at the URL, or a pattern matches no / missing shards.
     """
-    fsspec = require_fsspec(url)  # noqa: F841 (a clear ImportError first)
+    require_fsspec(url)  # a clear MissingDependencyError first
     if re.search(r"[*?\[{]", url):
         files: list[str] = []
         for pat in brace_expand(url):
