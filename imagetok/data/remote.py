@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
-from .sources import MAX_TAR_MEMBER_BYTES, WorkList, _Packed
+from .sources import MAX_TAR_MEMBER_BYTES, WorkList, _Packed, brace_expand
 
 log = logging.getLogger(__name__)
 
@@ -458,22 +458,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 # ===================================================================================== sources
-def brace_expand(pattern: str) -> list[str]:
-    """``a{00..02}b`` -> a00b a01b a02b; ``a{x,y}`` -> ax ay (nested and repeated braces work)."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if not m:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end() :]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-        opts = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
-    else:
-        opts = body.split(",")
-    return [x for o in opts for x in brace_expand(head + o + tail)]
-
-
 def _suffix(name: str) -> str:
     base = name.rsplit("/", 1)[-1]
     return "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""

@@ -158,7 +158,7 @@ def walk_folder(root: str | os.PathLike, *, extensions: frozenset[str] = IMAGE_E
     return sorted(images), sorted(tars), ignored
 
 
-def _brace_expand(pattern: str) -> list[str]:
+def brace_expand(pattern: str) -> list[str]:
     """``a{00..02}b`` -> a00b a01b a02b; ``a{x,y}`` -> ax ay (nested and repeated braces work)."""
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
@@ -171,7 +171,7 @@ def _brace_expand(pattern: str) -> list[str]:
         opts = [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
     else:
         opts = body.split(",")
-    return [x for o in opts for x in _brace_expand(head + o + tail)]
+    return [x for o in opts for x in brace_expand(head + o + tail)]
 
 
 def _tar_members(tar_path: Path, rel: str, extensions: frozenset[str], out: list, errors: list, t: int) -> int:
@@ -228,7 +228,7 @@ def list_source(
             ignored += _tar_members(root / rel, rel, extensions, entries, errors, len(tars) - 1)
     elif path.is_file() and path.suffix.lower() == ".tar" or (not path.exists() and re.search(r"[*?\[{]", s)):
         kind = "tar"
-        files = [Path(p) for p in sorted({m for pat in _brace_expand(s) for m in (_glob.glob(pat) if re.search(r"[*?\[]", pat) else [pat])})]
+        files = [Path(p) for p in sorted({m for pat in brace_expand(s) for m in (_glob.glob(pat) if re.search(r"[*?\[]", pat) else [pat])})]
         if not files:
             raise InputError(f"{s}: the pattern matches no files")
         missing = [str(f) for f in files if not f.is_file()]
