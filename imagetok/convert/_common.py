@@ -233,6 +233,18 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
     return fields, ev
 
 
+def disagreements(given: Mapping[str, Any], arch: Mapping[str, Any], ev: Mapping[str, str], names: Any) -> list[str]:
+    """One line per field in ``names`` that ``given`` sets to a value other than the tensors' (``arch``),
+    naming both values and the tensor that showed it (``ev``); lists compare equal to tuples."""
+    out = []
+    for name in names:
+        if given.get(name) is not None:
+            value = list(given[name]) if isinstance(given[name], (list, tuple)) else given[name]
+            if value != arch[name]:
+                out.append(f"{name}={value!r} but the checkpoint has {name}={arch[name]!r} ({ev[name]})")
+    return out
+
+
 def attn_levels(attn_resolutions: Any, resolution: int, n: int) -> list[int]:
     """Levels where taming's encoder puts attention: level i has size ``resolution // 2**i``."""
     res, out = resolution, []
@@ -262,12 +274,7 @@ def vqgan_config(
         ConversionError: naming each field that disagrees, with both values and the tensor shown.
     """
     n = len(arch["ch_mult"])
-    disagree = []
-    for name in ARCH_FIELDS:
-        if given.get(name) is not None:
-            value = list(given[name]) if isinstance(given[name], (list, tuple)) else given[name]
-            if value != arch[name]:
-                disagree.append(f"{name}={value!r} but the checkpoint has {name}={arch[name]!r} ({ev[name]})")
+    disagree = disagreements(given, arch, ev, ARCH_FIELDS)
     resolution = given.get("resolution")
     if resolution is None:
         resolution, why = defaults["resolution"]

@@ -29,6 +29,7 @@ from ._common import (
     Ignore,
     Mapped,
     apply_map,
+    disagreements,
     extras,
     imagetok_fields,
     is_state_dict,
@@ -142,12 +143,7 @@ def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle:
     ema = {k: v for k, v in sd.items() if k.startswith("model_ema.")}
     fields, ev = arch(live)
     given = given_fields(cfg, notes) if cfg is not None else {}
-    disagree = []
-    for name in _ARCH:
-        if given.get(name) is not None:
-            value = list(given[name]) if isinstance(given[name], (list, tuple)) else given[name]
-            if value != fields[name]:
-                disagree.append(f"{name}={value!r} but the checkpoint has {name}={fields[name]!r} ({ev[name]})")
+    disagree = disagreements(given, fields, ev, _ARCH)
     if disagree:
         raise ConversionError("the config does not match the checkpoint's tensors: " + "; ".join(disagree))
     data: dict[str, Any] = {"family": "magvit2", **fields}

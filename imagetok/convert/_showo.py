@@ -20,7 +20,7 @@ import torch
 
 from ..config import config_from_dict
 from ..errors import ConfigError, ConversionError
-from ._common import Ignore, Mapped, apply_map, extras, imagetok_fields, is_state_dict, need, not_this_format, shape, strip_wrappers
+from ._common import Ignore, Mapped, apply_map, disagreements, extras, imagetok_fields, is_state_dict, need, not_this_format, shape, strip_wrappers
 from ._io import read_checkpoint
 
 FMT = "showo"
@@ -73,12 +73,7 @@ def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle:
         raise not_this_format(FMT, sd.keys(), "it has no encoder.quant_conv / decoder.post_quant_conv")
     fields, ev = arch(sd)
     given = given_fields(cfg, notes) if cfg is not None else {}
-    bad = []
-    for k in _ARCH:
-        if given.get(k) is not None:
-            v = list(given[k]) if isinstance(given[k], (list, tuple)) else given[k]
-            if v != fields[k]:
-                bad.append(f"{k}={v!r} but the checkpoint has {k}={fields[k]!r} ({ev[k]})")
+    bad = disagreements(given, fields, ev, _ARCH)
     if bad:
         raise ConversionError("the config does not match the checkpoint's tensors: " + "; ".join(bad))
     data: dict[str, Any] = {"family": "showo", **fields}
