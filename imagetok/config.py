@@ -286,7 +286,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a config from a ``config.json`` dict.
 
     Args:
-        data: must contain ``"family"`` (``"vqgan"``, ``"vqvae"`` or ``"vqvae2"``); may contain
+        data: must contain ``"family"`` (a key of :data:`FAMILIES`: ``"vqgan"``, ``"vqvae"``, ``"vqvae2"``,
+            ``"emu3"``, ``"magvit2"``, ``"cosmos"`` or ``"showo"``); may contain
             ``"format_version"``; every other key must be a field of that family's config.
             Missing keys take the family's defaults.
 
