@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-train-usage", action="store_true", help="skip the (slow) usage over train + dev")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +144,8 @@ def main() -> None:
         "dev_256": reconstruction(tok, args.data / "dev", 256),
         "dev_512": reconstruction(tok, args.data / "dev", 512),
         "usage_dev_256_512": usage(tok, [args.data / "dev"], [256, 512]),
-        "usage_train_dev_256_512": usage(tok, [args.data / "train", args.data / "dev"], [256, 512]),
+        **({} if args.no_train_usage else
+           {"usage_train_dev_256_512": usage(tok, [args.data / "train", args.data / "dev"], [256, 512])}),
         "color_chart": color_chart(tok),
         "latency": latency(tok, args.runs),
     }
