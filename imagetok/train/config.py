@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 disables
     bf16: bool = False  # bf16 autocast for the network (quantizer stays float32)
+    channels_last: bool = False  # NHWC memory format for the network and its inputs (faster convs with bf16)
     ema_decay: float = 0.0  # EMA of weights (0 = off); exported when on
     # losses
     l1_weight: float = 1.0

@@ -119,6 +119,8 @@ class Trainer:
             self.tok = Tokenizer.from_pretrained(cfg.init_from)
         self.tok.name = self.out.name
         self.model = self.tok.model.to(self.device).train()
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.quantizers = _quantizers(self.model)
         if not self.quantizers:
             raise ConfigError("this model has no trainable vector quantizer (Gumbel models cannot be trained here)")
@@ -275,7 +277,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _to_model(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (self.hi - self.lo) + self.lo
+        x = x * (self.hi - self.lo) + self.lo
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
