@@ -167,7 +167,7 @@ def test_errors_are_one_line(capsys, setup, tmp_path):
     cases = [
         (["encode", tmp_path / "missing.png", "-m", model], "no such file"),
         (["encode", tmp_path / "notes.jpg", "-m", model], "not an image"),
-        (["encode", tmp_path / "empty", "-m", model], "holds no image files"),
+        (["encode", tmp_path / "empty", "-m", model], "no image files found"),
         (["encode", paths[0], "-m", model, "--size", "30"], "multiple of"),
         (["encode", paths[0], "-m", model, "-o", tmp_path / "t.txt"], "unknown token file type"),
         (["encode", paths[0], "-m", tmp_path / "no-model"], "no-model"),

@@ -52,6 +52,9 @@ def test_one_walker_gives_one_image_set_everywhere(walk):
     assert [work.keys[i] for i in range(len(work))] == expect and work.ignored == 1
     assert [os.path.relpath(n, walk) for n, _ in iter_items(list_sources([walk]))] == expect  # usage
     assert [p.relative_to(walk).as_posix() for p in list_images(walk)] == expect  # train
+    from imagetok.cli import _expand_images
+
+    assert [p.relative_to(walk).as_posix() for p in _expand_images([walk])] == expect  # imagetok encode FOLDER
     tok = make_tiny_tokenizer("vqgan")
     u = tok.codebook_usage(walk, batch_size=3)
     assert u.images == 4 and u.skipped_count == 0

@@ -37,7 +37,6 @@ def _levels(tokens) -> tuple:
 
 
 # Image files `imagetok encode FOLDER` picks up (hidden files and folders are skipped).
-ENCODE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
 
 
 def _size_arg(text: str):
@@ -55,18 +54,14 @@ def _size(args: argparse.Namespace, tok):
 
 
 def _expand_images(paths: list[Path]) -> list[Path]:
-    """Files as given; folders walked recursively (sorted) for image files."""
+    """Files as given; folders walked by :func:`imagetok.data.sources.list_image_files` (the one
+    walker that ``usage``, ``tokenize-dataset`` and ``train`` use: sorted, hidden names skipped)."""
+    from ..data.sources import list_image_files
+
     out = []
     for p in paths:
         if p.is_dir():
-            found = sorted(
-                q for q in p.rglob("*")
-                if q.is_file() and q.suffix.lower() in ENCODE_EXTENSIONS
-                and not any(part.startswith(".") for part in q.relative_to(p).parts)
-            )
-            if not found:
-                raise InputError(f"{p}: folder holds no image files ({', '.join(ENCODE_EXTENSIONS)})")
-            out += found
+            out += list_image_files(p)
         elif p.exists():
             out.append(p)
         else:
