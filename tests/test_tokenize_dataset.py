@@ -215,10 +215,11 @@ def test_reader_sequences_and_memmap_roundtrip(ref, tok):
 
 
 def test_loader_workers_and_sources_agree(ref, src, model_dir, tmp_path):
-    """DataLoader worker processes, a list file and .tar shards give the reference tokens."""
+    """DataLoader worker processes, a list file and .tar shards give the reference tokens; so does
+    another batch size with another network micro-batch (zero-padded groups of 3)."""
     ref_rows = _rows(ref[0])
     out = tmp_path / "workers"
-    tokenize_dataset(src, out, model=str(model_dir), batch_size=2, shard_size=5, workers=2, progress=False)
+    tokenize_dataset(src, out, model=str(model_dir), batch_size=2, shard_size=5, workers=2, progress=False, micro_batch=3)
     got = _rows(out)
     assert got.keys() == ref_rows.keys() and all(torch.equal(got[k], ref_rows[k]) for k in got)
 

@@ -47,6 +47,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-member-mb", type=float, default=None,
                    help=f"tar members larger than this fail (listed in errors.jsonl) (default {MAX_MEMBER_MB:g})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--micro-batch", type=int, default=None, metavar="N",
+                   help="images per network call (default 1; tokens never depend on it or on --batch-size); raise it on a GPU")
     p.add_argument("--fast", action="store_true", help="bfloat16 network, float32 code search (tokens do not depend on the batch; may differ from the exact path)")
     p.add_argument("--image-column", default=None, help="table sources: the image column (bytes, {bytes, path} struct or path; default: detected)")
     p.add_argument("--key-column", default=None, help="table sources: a unique id column used as key (default: file#row)")
@@ -95,7 +97,8 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
             args.src, out, model=args.model, batch_size=args.batch_size, workers=args.workers,
             shard_size=args.shard_size, draft=args.draft, device=args.device, rank=args.rank,
             world_size=args.world_size, progress=not args.quiet, fast=args.fast, image_column=args.image_column,
-            key_column=args.key_column, label_column=args.label_column, split=args.split, **kw,
+            key_column=args.key_column, label_column=args.label_column, split=args.split,
+            micro_batch=args.micro_batch, **kw,
         )
         is_main = summary["complete"] is not None
     if summary.get("complete") and args.memmap and summary.get("rank", 0) == 0:

@@ -541,6 +541,7 @@ def tokenize_dataset(
     key_column: str | None = None,
     label_column: str | None = None,
     split: str | None = None,
+    micro_batch: int | None = None,
 ) -> dict:
     """Tokenize every image under ``src`` into Parquet shards in ``out`` (see the module docstring).
 
@@ -572,6 +573,9 @@ def tokenize_dataset(
             ``dataset_info.json`` under ``"classes"``); or a ``.csv`` (header ``path,label``) or
             ``.json`` (``{path: label}``) file; labels are class names or ids >= 0. Adds an int64
             ``label`` column. A missing or invalid label is an error before any work.
+        micro_batch: images per network call (:attr:`imagetok.Tokenizer.micro_batch`; default: the
+            tokenizer's, 1). The network always runs on groups of exactly this many images, so tokens
+            do not depend on ``batch_size``; on a GPU raise it (e.g. to ``batch_size``) to fill the device.
         max_member_bytes: tar members larger than this fail (listed in ``errors.jsonl``) instead of
             being read into memory.
         fast: the fast path (:attr:`Tokenizer.fast`: bfloat16 network, float32 nearest-code
@@ -611,6 +615,8 @@ def tokenize_dataset(
             tok = Tokenizer.from_pretrained(model, device=device, dtype=dtype)
         if fast:
             tok.fast = True
+        if micro_batch is not None:
+            tok.micro_batch = micro_batch
         size = tok.default_size if size is _DEFAULT else size
         factor = max(tok.downsample_factors)
         _image.check_size(size, factor)
