@@ -251,9 +251,9 @@ def test_loader_workers_and_sources_agree(ref, src, model_dir, tmp_path):
 
 
 def test_keep_image_size(src, model_dir, tok, tmp_path, capsys):
-    """--size 0: each image keeps its size (cropped to the factor); mixed shapes in one batch work."""
+    """--size native (or 0): each image keeps its size (cropped to the factor); mixed shapes in one batch work."""
     out = tmp_path / "native"
-    assert cli_main(["tokenize-dataset", str(src / "a"), "--out", str(out), "--model", str(model_dir), "--size", "0",
+    assert cli_main(["tokenize-dataset", str(src / "a"), "--out", str(out), "--model", str(model_dir), "--size", "native",
                      "--batch-size", "4", "--workers", "0", "--quiet"]) == 0
     rows = {r.key: r for r in TokenDataset(out)}
     assert {k: tuple(r.tokens.shape) for k, r in rows.items()} == {

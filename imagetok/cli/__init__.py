@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ImagetokError, InputError
-from ._outputs import IMAGE_OUTPUTS, _check_output, _output_paths, _unique_stems
+from ._common import IMAGE_OUTPUTS, _check_output, _output_paths, _size_arg, _unique_stems
 from . import dataset, prior, usage
 
 
@@ -37,16 +37,6 @@ def _levels(tokens) -> tuple:
 
 
 # Image files `imagetok encode FOLDER` picks up (hidden files and folders are skipped).
-
-
-def _size_arg(text: str):
-    """``--size``: a side length, ``native`` (keep each image's size) or ``0`` (the same, older spelling)."""
-    if text == "native" or text == "0":
-        return "native"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'native', got {text!r}") from None
 
 
 def _size(args: argparse.Namespace, tok):

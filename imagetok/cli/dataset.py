@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import _size_arg
+
 EXIT_SOME_FAILED = 3  # the dataset is complete but some images failed (listed in errors.jsonl)
 MAX_MEMBER_MB = 256  # imagetok.data.sources.MAX_TAR_MEMBER_BYTES / 2**20 (not imported: no work at parser time)
 
@@ -24,7 +26,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--workers", type=int, default=None, help="image loading processes (default: one per spare core, 0 = in-process)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per Parquet shard (default 1000)")
-    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    p.add_argument("--size", type=_size_arg, default=None, help="resize+crop side (default: the model's; 'native' (or 0) keeps each image's size)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda:LOCAL_RANK if available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="network dtype (codebook search stays float32)")
     p.add_argument("--draft", action="store_true", help="decode large JPEGs at reduced size (faster; tokens then differ slightly from encode())")
@@ -84,7 +86,7 @@ def cmd_tokenize_dataset(args: argparse.Namespace) -> int:
 
         kw: dict[str, Any] = {}
         if args.size is not None:
-            kw["size"] = None if args.size == 0 else args.size
+            kw["size"] = None if args.size == "native" else args.size
         if args.dtype:
             kw["dtype"] = getattr(torch, args.dtype)
         if args.labels is not None:

@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from ..prior import Prior
-    from ._outputs import _check_output, _output_paths
+    from ._common import _check_output, _output_paths
 
     prior = Prior.from_pretrained(args.prior)
     out = Path(args.output)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, MissingDependencyError
 from ..usage import DEFAULT_MAX_POSITION_CELLS, BitUsage, DatasetUsage, LevelUsage, UsageAccumulator, UsageReport
+from ._common import _size_arg
 
 PLOT_HINT = "pip install 'imagetok[plot]'  (or: pip install matplotlib)"
 
@@ -32,7 +33,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--compare", nargs="+", metavar="REPORT.json", help="compare saved --json reports in one table")
     p.add_argument("--remap", metavar="FILE.json", help="write a renumbering that drops unused codes")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    p.add_argument("--size", type=int, default=None, help="resize+crop side (default: the model's; 0 = keep image size)")
+    p.add_argument("--size", type=_size_arg, default=None, help="resize+crop side (default: the model's; 'native' (or 0) keeps each image's size)")
     p.add_argument("--top", type=int, default=10, help="most frequent codes to list in the JSON (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_usage)
@@ -68,7 +69,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         raise InputError("pass either token files (.safetensors/.json/.npy) or images/folders, not both")
     else:
         tok = _load(args.model)
-        size = None if args.size == 0 else (args.size or tok.default_size)
+        size = None if args.size == "native" else (args.size or tok.default_size)
         result = tok.codebook_usage([str(p) for p in args.paths], size=size, batch_size=args.batch_size,
                                     progress=progress, top=args.top)
     table = usage_table(result)

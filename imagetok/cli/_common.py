@@ -1,8 +1,9 @@
-"""Output paths of the CLI commands: checked before any work (never an input, never an existing
-file without ``--overwrite``, never a missing folder)."""
+"""Shared pieces of the CLI commands: the ``--size`` argument, and output paths checked before any
+work (never an input, never an existing file without ``--overwrite``, never a missing folder)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -46,3 +47,13 @@ def _output_paths(output: str, count: int, images: list, inputs: list[Path], ove
             raise InputError(f"{p}: cannot write an image file there; use one of {', '.join(IMAGE_OUTPUTS)}")
         _check_output(p, inputs, overwrite)
     return paths
+
+
+def _size_arg(text: str):
+    """``--size``: a side length, ``native`` (keep each image's size) or ``0`` (the same, older spelling)."""
+    if text == "native" or text == "0":
+        return "native"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'native', got {text!r}") from None
