@@ -524,10 +524,6 @@ class Trainer:
             self._owns_group = False
 
 
-def _rank() -> int:
-    return dist.rank()
-
-
 def train(config: TrainConfig | dict | str | os.PathLike, **overrides: Any) -> Path:
     """Train (or resume) a run; returns the exported model folder (``out_dir/model``).
 
