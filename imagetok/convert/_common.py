@@ -137,7 +137,8 @@ ARCH_FIELDS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_
                "norm_type", "decoder")  # fmt: skip
 
 
-def _indices(sd: Mapping[str, Any], pattern: str) -> list[int]:
+def indices(sd: Mapping[str, Any], pattern: str) -> list[int]:
+    """Sorted distinct ints captured by ``pattern``'s first group over the keys of ``sd``."""
     rx = re.compile(pattern)
     return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
 
@@ -157,7 +158,7 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
     w = need(sd, "encoder.conv_in.weight", fmt)
     ch = w.shape[0]
     ev["ch"] = f"encoder.conv_in.weight is {shape(w)}"
-    levels = _indices(sd, r"encoder\.down\.(\d+)\.block\.")
+    levels = indices(sd, r"encoder\.down\.(\d+)\.block\.")
     if not levels or levels != list(range(len(levels))):
         raise not_this_format(fmt, sd.keys(), f"encoder levels {levels} are not 0..L-1")
     n = len(levels)
@@ -170,9 +171,9 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
         ch_mult.append(t.shape[0] // ch)
         shown.append(f"{key} is {shape(t)}")
     ev["ch_mult"] = ", ".join(shown)
-    blocks = _indices(sd, r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight$")
+    blocks = indices(sd, r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight$")
     ev["num_res_blocks"] = f"encoder.down.0 has {len(blocks)} res block(s)"
-    dec_levels = _indices(sd, r"decoder\.up\.(\d+)\.block\.")
+    dec_levels = indices(sd, r"decoder\.up\.(\d+)\.block\.")
     has_decoder = any(k.startswith("decoder.") for k in sd)
     ev["decoder"] = f"decoder.* is {'present' if has_decoder else 'absent (an encoder-only checkpoint)'}"
     if not has_decoder:
@@ -180,7 +181,7 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
     if dec_levels != levels:
         raise ConversionError(f"the encoder has levels {levels} but the decoder has levels {dec_levels}")
     for i in range(n if has_decoder else 0):
-        dec_blocks = _indices(sd, rf"decoder\.up\.{i}\.block\.(\d+)\.conv1\.weight$")
+        dec_blocks = indices(sd, rf"decoder\.up\.{i}\.block\.(\d+)\.conv1\.weight$")
         if len(dec_blocks) != len(blocks) + 1:
             raise ConversionError(
                 f"decoder.up.{i} has {len(dec_blocks)} res blocks and encoder.down.0 has {len(blocks)}: imagetok's "
@@ -192,8 +193,8 @@ def vqgan_arch(sd: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict[str, Any]
                 f"{key} is {shape(sd[key])}: the decoder's channel multipliers differ from the encoder's "
                 f"{ch_mult}, which imagetok's VQGAN does not support"
             )
-    enc_attn = _indices(sd, r"encoder\.down\.(\d+)\.attn\.")
-    dec_attn = _indices(sd, r"decoder\.up\.(\d+)\.attn\.") if has_decoder else enc_attn
+    enc_attn = indices(sd, r"encoder\.down\.(\d+)\.attn\.")
+    dec_attn = indices(sd, r"decoder\.up\.(\d+)\.attn\.") if has_decoder else enc_attn
     if enc_attn != dec_attn:
         raise ConversionError(
             f"attention at encoder levels {enc_attn} but decoder levels {dec_attn}: imagetok's VQGAN puts attention "
@@ -313,3 +314,19 @@ def vqgan_config(
         return config_from_dict(data)
     except ConfigError as e:
         raise ConversionError(f"the converted architecture is not a valid imagetok VQGAN: {e}") from None
+
+
+def ema_key(flat: Mapping[str, str]) -> MapFn:
+    """The map of a Lightning ``model_ema.*`` copy: ``flat`` (EMA name -> imagetok name) maps the
+    weights; the EMA bookkeeping and the EMA copies of loss parameters are dropped by name."""
+
+    def fn(k: str, v: torch.Tensor):
+        if k in flat:
+            return flat[k], v
+        if k in ("model_ema.decay", "model_ema.num_updates"):
+            return Ignore("EMA bookkeeping (model_ema.decay, model_ema.num_updates)")
+        if k.startswith("model_ema.loss"):
+            return Ignore("EMA copies of training-loss parameters")
+        return None
+
+    return fn

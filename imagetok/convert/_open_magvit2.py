@@ -15,7 +15,6 @@ imagetok ``magvit2`` config; the architecture is read from the tensors and must 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,14 @@ from ..config import config_from_dict
 from ..errors import ConfigError, ConversionError
 from ._common import (
     DEFAULT_RESOLUTION,
+    ema_key,
     Ignore,
     Mapped,
     apply_map,
     disagreements,
     extras,
     imagetok_fields,
+    indices,
     is_state_dict,
     merge_ignored,
     need,
@@ -96,17 +97,12 @@ def given_fields(cfg: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     return given
 
 
-def _levels(sd: Mapping[str, Any], pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
-
-
 def arch(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, str]]:
     """Architecture fields read from Open-MAGVIT2 tensors, with the tensor that showed each."""
     w = need(sd, "encoder.conv_in.weight", FMT)
     ch = w.shape[0]
     ev = {"ch": f"encoder.conv_in.weight is {shape(w)}"}
-    levels = _levels(sd, r"encoder\.down\.(\d+)\.block\.")
+    levels = indices(sd, r"encoder\.down\.(\d+)\.block\.")
     if not levels or levels != list(range(len(levels))):
         raise not_this_format(FMT, sd.keys(), f"encoder levels {levels} are not 0..L-1")
     mult, shown = [], []
@@ -118,7 +114,7 @@ def arch(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, str]
         mult.append(t.shape[0] // ch)
         shown.append(f"{key} is {shape(t)}")
     ev["ch_mult"] = ", ".join(shown)
-    blocks = _levels(sd, r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight$")
+    blocks = indices(sd, r"encoder\.down\.0\.block\.(\d+)\.conv1\.weight$")
     ev["num_res_blocks"] = f"encoder.down.0 has {len(blocks)} res block(s)"
     z = need(sd, "encoder.conv_out.weight", FMT)
     ev["z_channels"] = ev["embed_dim"] = ev["n_embed"] = f"encoder.conv_out.weight is {shape(z)}"
@@ -187,16 +183,7 @@ def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle:
     if missing:
         raise ConversionError(f"the EMA weights lack {len(missing)} tensor(s), e.g. {missing[:5]}")
 
-    def ema_key(k: str, v: torch.Tensor):
-        if k in flat:
-            return flat[k], v
-        if k in ("model_ema.decay", "model_ema.num_updates"):
-            return Ignore("EMA bookkeeping (model_ema.decay, model_ema.num_updates)")
-        if k.startswith("model_ema.loss"):
-            return Ignore("EMA copies of training-loss parameters")
-        return None
-
-    m_ema = apply_map(ema, ema_key)
+    m_ema = apply_map(ema, ema_key(flat))
     why = "use_ema=True" if use_ema else "the config sets use_ema: true, as the original's reconstruct_image.py does"
     notes.append(f"used the EMA weights (model_ema.*) because {why}")
     return Mapped(

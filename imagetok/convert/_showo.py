@@ -11,7 +11,6 @@ fields: ``MAGVITv2()`` takes no arguments; or an imagetok ``showo`` config) can 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,11 @@ import torch
 
 from ..config import config_from_dict
 from ..errors import ConfigError, ConversionError
-from ._common import Ignore, Mapped, apply_map, disagreements, extras, imagetok_fields, is_state_dict, need, not_this_format, shape, strip_wrappers
+from ._common import Ignore, Mapped, apply_map, disagreements, extras, imagetok_fields, indices, is_state_dict, need, not_this_format, shape, strip_wrappers
 from ._io import read_checkpoint
 
 FMT = "showo"
 _ARCH = ("ch", "encoder_ch_mult", "encoder_num_res_blocks", "decoder_ch_mult", "decoder_num_res_blocks", "z_channels")
-
-
-def _idx(sd: Mapping[str, Any], pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
 
 
 def arch(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -38,11 +32,11 @@ def arch(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], dict[str, str]
     ev = {"ch": f"encoder.conv_in.weight is {shape(w)}"}
     out: dict[str, Any] = {"ch": ch}
     for side, part in (("encoder", "down"), ("decoder", "up")):
-        levels = _idx(sd, rf"{side}\.{part}\.(\d+)\.block\.")
+        levels = indices(sd, rf"{side}\.{part}\.(\d+)\.block\.")
         if not levels or levels != list(range(len(levels))):
             raise not_this_format(FMT, sd.keys(), f"{side} levels {levels} are not 0..L-1")
         mult = [need(sd, f"{side}.{part}.{i}.block.0.conv1.weight", FMT).shape[0] // ch for i in levels]
-        blocks = [len(_idx(sd, rf"{side}\.{part}\.{i}\.block\.(\d+)\.conv1\.weight$")) for i in levels]
+        blocks = [len(indices(sd, rf"{side}\.{part}\.{i}\.block\.(\d+)\.conv1\.weight$")) for i in levels]
         out[f"{side}_ch_mult"], out[f"{side}_num_res_blocks"] = mult, blocks
         ev[f"{side}_ch_mult"] = ev[f"{side}_num_res_blocks"] = f"{side}.{part}.*.block.*.conv1 weights"
     z = need(sd, "encoder.conv_out.weight", FMT)
@@ -84,7 +78,7 @@ def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle:
         notes.append("assumed resolution=256 (Show-o's image size)")
         data["resolution"] = 256
     if "attn_resolutions" not in data:
-        enc_attn = _idx(sd, r"encoder\.down\.(\d+)\.attn\.")
+        enc_attn = indices(sd, r"encoder\.down\.(\d+)\.attn\.")
         data["attn_resolutions"] = [data["resolution"] >> i for i in enc_attn] or [5]
     try:
         config = config_from_dict(data)

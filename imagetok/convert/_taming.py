@@ -17,6 +17,7 @@ import torch
 from ..errors import ConversionError
 from ._common import (
     DEFAULT_RESOLUTION,
+    ema_key,
     Ignore,
     Mapped,
     apply_map,
@@ -152,16 +153,7 @@ def read(path: Path, cfg: dict[str, Any] | None, *, use_ema: bool, trust_pickle:
     elif missing:
         raise ConversionError(f"use_ema=True but model_ema lacks {len(missing)} tensor(s), e.g. {missing[:5]}")
 
-    def ema_key(k: str, v: torch.Tensor):
-        if k in flat:
-            return flat[k], v
-        if k in ("model_ema.decay", "model_ema.num_updates"):
-            return Ignore("EMA bookkeeping (model_ema.decay, model_ema.num_updates)")
-        if k.startswith("model_ema.loss"):
-            return Ignore("EMA copies of training-loss parameters")
-        return None
-
-    m_live, m_ema = apply_map(live, live_key), apply_map(ema, ema_key)
+    m_live, m_ema = apply_map(live, live_key), apply_map(ema, ema_key(flat))
     notes.append("used the EMA weights (model_ema.*)")
     return Mapped(
         config,
