@@ -13,6 +13,8 @@ Fixtures:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,21 @@ def tiny_model_dir(tmp_path):
         return make_tiny_tokenizer(name, seed).save_pretrained(tmp_path / f"model-{name}-{seed}")
 
     return make
+
+
+def child_pids(pid: int) -> set[int]:
+    """Linux: the pids of ``pid``'s child processes (from /proc)."""
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids |= {int(c) for c in (task / "children").read_text().split()}
+    return kids
+
+
+def pid_alive(pid: int) -> bool:
+    """Linux: whether ``pid`` runs (a zombie counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+

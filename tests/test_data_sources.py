@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_tokenizer
+from conftest import child_pids, make_tiny_tokenizer, pid_alive
 import imagetok.data._loader as _loader_module
 from imagetok.data._loader import Loader
 from imagetok.data.sources import IMAGE_EXTENSIONS, iter_items, list_source, list_sources
@@ -139,34 +139,19 @@ def test_loader_processes_exit_when_the_parent_dies(sig):
     proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(Path(_loader_module.__file__))])
     try:
         deadline = time.monotonic() + 30
-        while len(kids := _children(proc.pid)) < 2:
+        while len(kids := child_pids(proc.pid)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no loader processes started"
             time.sleep(0.02)
         time.sleep(0.2)
         proc.send_signal(getattr(signal, sig))
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        while any(pid_alive(k) for k in kids) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not any(_alive(k) for k in kids), "loader processes outlived their parent"
+        assert not any(pid_alive(k) for k in kids), "loader processes outlived their parent"
     finally:
         proc.kill()
         proc.wait()
-
-
-def _children(pid: int) -> set[int]:
-    kids = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids |= {int(c) for c in (task / "children").read_text().split()}
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _always_die(i):

@@ -19,6 +19,7 @@ from PIL import Image
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from conftest import child_pids, pid_alive  # noqa: E402
 from imagetok import Tokenizer  # noqa: E402
 from imagetok import image as _image  # noqa: E402
 from imagetok.cli import main as cli_main  # noqa: E402
@@ -609,21 +610,6 @@ def test_a_killed_loader_fails_only_its_image(ref, src, model_dir, tmp_path, mon
     assert got.keys() == ref_rows.keys() - {"a/rgb1.png"} and all(torch.equal(got[k], ref_rows[k]) for k in got)
 
 
-def _children(pid: int) -> set[int]:
-    kids = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids |= {int(c) for c in (task / "children").read_text().split()}
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.slow  # ~6 s each (a fresh interpreter imports torch); the fast loader-level twin is in test_data_sources.py
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
@@ -642,20 +628,20 @@ def test_loader_processes_die_with_the_run(src, model_dir, tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     try:
         deadline = time.monotonic() + 60
-        while len(kids := _children(proc.pid)) < 2:
+        while len(kids := child_pids(proc.pid)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no loader processes started"
             time.sleep(0.05)
         time.sleep(0.3)  # the loaders are inside the slow decode now
         proc.send_signal(getattr(signal, sig))
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        while any(pid_alive(k) for k in kids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(k) for k in kids), f"loader processes outlived the run: {[k for k in kids if _alive(k)]}"
+        assert not any(pid_alive(k) for k in kids), f"loader processes outlived the run: {[k for k in kids if pid_alive(k)]}"
     finally:
         proc.kill()
         proc.wait()
-        for k in _children(proc.pid) if _alive(proc.pid) else []:
+        for k in child_pids(proc.pid) if pid_alive(proc.pid) else []:
             os.kill(k, 9)
 
 
